@@ -1,0 +1,145 @@
+//! The closed set of commands the warden may send to circusd, and their wire encoding.
+//!
+//! There is deliberately no variant for `quit`, `reloadconfig`, `ipython`, `set` or globbed
+//! names: what cannot be built cannot be sent. (`quit` for the embedded circusd lives in the
+//! supervisor, which owns that process.) Every encoded message is a JSON object with a
+//! non-empty `command` and an object `properties`, the only shape circusd handles without
+//! stalling its connection.
+
+use serde_json::{json, Map, Value};
+
+use super::WatcherName;
+
+/// Options of an `add`, built by the gate. Only keys circus validates and the gate chose.
+pub type AddOptions = Map<String, Value>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    List { name: Option<WatcherName> },
+    Status { name: Option<WatcherName> },
+    Stats { name: Option<WatcherName> },
+    Options { name: WatcherName },
+    NumProcesses { name: WatcherName },
+    GlobalOptions,
+    Add { name: WatcherName, cmd: String, args: Vec<String>, options: AddOptions, start: bool },
+    Start { name: WatcherName },
+    Stop { name: WatcherName },
+    Restart { name: WatcherName },
+    Reload { name: WatcherName },
+    Rm { name: WatcherName },
+    Incr { name: WatcherName, nb: u32 },
+    Decr { name: WatcherName, nb: u32 },
+    Signal { name: WatcherName, signum: i32 },
+}
+
+impl Command {
+    /// circusd's command name.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::List { .. } => "list",
+            Command::Status { .. } => "status",
+            Command::Stats { .. } => "stats",
+            Command::Options { .. } => "options",
+            Command::NumProcesses { .. } => "numprocesses",
+            Command::GlobalOptions => "globaloptions",
+            Command::Add { .. } => "add",
+            Command::Start { .. } => "start",
+            Command::Stop { .. } => "stop",
+            Command::Restart { .. } => "restart",
+            Command::Reload { .. } => "reload",
+            Command::Rm { .. } => "rm",
+            Command::Incr { .. } => "incr",
+            Command::Decr { .. } => "decr",
+            Command::Signal { .. } => "signal",
+        }
+    }
+
+    /// Whether the command takes circusd's global lock (and so is serialized and retried).
+    pub fn is_mutation(&self) -> bool {
+        !matches!(
+            self,
+            Command::List { .. }
+                | Command::Status { .. }
+                | Command::Stats { .. }
+                | Command::Options { .. }
+                | Command::NumProcesses { .. }
+                | Command::GlobalOptions
+        )
+    }
+
+    fn properties(&self) -> Value {
+        let named = |name: &WatcherName| json!({ "name": name.as_str() });
+        let maybe = |name: &Option<WatcherName>| match name {
+            Some(n) => named(n),
+            None => json!({}),
+        };
+        // start/stop/restart/reload treat `name` as a glob unless told otherwise.
+        let exact = |name: &WatcherName| json!({ "name": name.as_str(), "match": "simple", "waiting": true });
+        match self {
+            Command::List { name } | Command::Status { name } | Command::Stats { name } => maybe(name),
+            Command::Options { name } | Command::NumProcesses { name } => named(name),
+            Command::GlobalOptions => json!({}),
+            Command::Add { name, cmd, args, options, start } => json!({
+                "name": name.as_str(), "cmd": cmd, "args": args, "options": options,
+                "start": start, "waiting": start,
+            }),
+            Command::Start { name } | Command::Stop { name } | Command::Restart { name } => exact(name),
+            Command::Reload { name } => {
+                let mut p = exact(name);
+                p["graceful"] = json!(true);
+                p
+            }
+            Command::Rm { name } => json!({ "name": name.as_str(), "waiting": true }),
+            Command::Incr { name, nb } | Command::Decr { name, nb } => {
+                json!({ "name": name.as_str(), "nb": nb, "waiting": true })
+            }
+            Command::Signal { name, signum } => json!({ "name": name.as_str(), "signum": signum }),
+        }
+    }
+
+    /// The single JSON frame circusd expects.
+    pub fn encode(&self, id: &str) -> Vec<u8> {
+        let msg = json!({ "id": id, "command": self.verb(), "properties": self.properties() });
+        serde_json::to_vec(&msg).expect("a json! value always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> WatcherName {
+        WatcherName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn lifecycle_commands_are_exact_and_waiting() {
+        let v: Value = serde_json::from_slice(&Command::Stop { name: name("web") }.encode("1")).unwrap();
+        assert_eq!(v["command"], "stop");
+        assert_eq!(v["properties"]["match"], "simple");
+        assert_eq!(v["properties"]["name"], "web");
+        assert_eq!(v["properties"]["waiting"], true);
+    }
+
+    #[test]
+    fn every_message_is_an_object_with_command_and_properties() {
+        let all = [
+            Command::List { name: None },
+            Command::GlobalOptions,
+            Command::Signal { name: name("a"), signum: 1 },
+            Command::Add { name: name("a"), cmd: "/bin/true".into(), args: vec![], options: Map::new(), start: false },
+        ];
+        for c in all {
+            let v: Value = serde_json::from_slice(&c.encode("abc")).unwrap();
+            assert!(v["command"].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(v["properties"].is_object());
+            assert_eq!(v["id"], "abc");
+        }
+    }
+
+    #[test]
+    fn reads_are_not_mutations() {
+        assert!(!Command::Status { name: None }.is_mutation());
+        assert!(Command::Rm { name: name("a") }.is_mutation());
+    }
+}

@@ -1,0 +1,303 @@
+//! The warden's view of the processes circusd runs: fed by `watcher.*` pub/sub events
+//! (state, spawns, reaps with exit codes, restarts) and corrected by a periodic `status` and
+//! `list` reconcile, because circusd does not always publish a `reap`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{CircusClient, Command, WatcherName};
+
+/// Recent events kept per watcher, for `diagnose_process`.
+const EVENTS_PER_WATCHER: usize = 32;
+/// Watchers tracked at most; events for more are ignored (reconcile still lists them).
+const MAX_WATCHERS: usize = 1024;
+
+/// One watcher as the warden last saw it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WatcherView {
+    pub state: String,
+    pub pids: BTreeSet<u32>,
+    pub spawns: u64,
+    pub reaps: u64,
+    /// Processes respawned by circus after one died while the watcher was active, plus reloads.
+    pub restarts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<Exit>,
+    pub recent_events: VecDeque<Event>,
+    #[serde(skip)]
+    awaiting_respawn: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
+pub struct Exit {
+    pub pid: u32,
+    /// Negative means killed by that signal.
+    pub exit_code: i64,
+    pub time: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    pub time: f64,
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+}
+
+/// Shared, cheap to clone. A `std::sync::Mutex` is right here: every critical section is a
+/// few map operations and never awaits.
+#[derive(Clone, Default)]
+pub struct ProcessView {
+    inner: Arc<Mutex<BTreeMap<String, WatcherView>>>,
+}
+
+impl ProcessView {
+    pub fn get(&self, name: &str) -> Option<WatcherView> {
+        self.inner.lock().expect("view lock").get(name).cloned()
+    }
+
+    /// Applies one pub/sub message (`watcher.<name>.<event>`, JSON body).
+    pub fn apply(&self, topic: &str, body: &Value) {
+        let Some((name, event)) = topic.strip_prefix("watcher.").and_then(|t| t.rsplit_once('.')) else {
+            return;
+        };
+        let mut map = self.inner.lock().expect("view lock");
+        if !map.contains_key(name) && (event == "remove" || map.len() >= MAX_WATCHERS) {
+            return;
+        }
+        if event == "remove" {
+            map.remove(name);
+            return;
+        }
+        let w = map.entry(name.to_string()).or_default();
+        let pid = body.get("process_pid").and_then(Value::as_u64).map(|p| p as u32);
+        let exit_code = body.get("exit_code").and_then(Value::as_i64);
+        let time = body.get("time").and_then(Value::as_f64).unwrap_or_else(now);
+        match event {
+            "spawn" => {
+                w.spawns += 1;
+                if let Some(p) = pid {
+                    w.pids.insert(p);
+                }
+                if w.awaiting_respawn > 0 {
+                    w.awaiting_respawn -= 1;
+                    w.restarts += 1;
+                }
+            }
+            "reap" => {
+                w.reaps += 1;
+                if let Some(p) = pid {
+                    w.pids.remove(&p);
+                    w.last_exit = Some(Exit { pid: p, exit_code: exit_code.unwrap_or(0), time });
+                }
+                if w.state == "active" {
+                    w.awaiting_respawn += 1;
+                }
+            }
+            "kill" => {
+                // An intentional kill (stop, scale down, reload) is not a crash to respawn.
+                w.awaiting_respawn = 0;
+            }
+            "start" => w.state = "active".into(),
+            "stop" => {
+                w.state = "stopped".into();
+                w.awaiting_respawn = 0;
+            }
+            "reload" => w.restarts += 1,
+            "add" => w.state = "stopped".into(),
+            _ => {}
+        }
+        if w.recent_events.len() == EVENTS_PER_WATCHER {
+            w.recent_events.pop_front();
+        }
+        w.recent_events.push_back(Event { time, event: event.to_string(), pid, exit_code });
+    }
+
+    /// Replaces states and pids with what circusd reports; forgets watchers it no longer has.
+    pub fn reconcile(&self, states: &BTreeMap<String, String>, pids: &BTreeMap<String, BTreeSet<u32>>) {
+        let mut map = self.inner.lock().expect("view lock");
+        map.retain(|name, _| states.contains_key(name));
+        for (name, state) in states {
+            if !map.contains_key(name) && map.len() >= MAX_WATCHERS {
+                continue;
+            }
+            let w = map.entry(name.clone()).or_default();
+            w.state = state.clone();
+            if let Some(p) = pids.get(name) {
+                w.pids = p.clone();
+            }
+        }
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Asks circusd for every watcher's state and pids.
+pub async fn snapshot(
+    client: &CircusClient,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, BTreeSet<u32>>), super::CircusError> {
+    let reply = client.call(Command::Status { name: None }).await?;
+    let states: BTreeMap<String, String> = reply
+        .get("statuses")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("unknown").to_string())).collect())
+        .unwrap_or_default();
+    let names: Vec<WatcherName> = states.keys().filter_map(|n| WatcherName::parse(n)).collect();
+    let lists = futures::future::join_all(
+        names.iter().map(|n| client.call(Command::List { name: Some(n.clone()) })),
+    )
+    .await;
+    let mut pids = BTreeMap::new();
+    for (name, reply) in names.iter().zip(lists) {
+        if let Ok(v) = reply {
+            pids.insert(name.to_string(), pid_set(&v));
+        }
+    }
+    Ok((states, pids))
+}
+
+/// The `pids` of a `list name=…` reply.
+pub fn pid_set(reply: &Value) -> BTreeSet<u32> {
+    reply
+        .get("pids")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).map(|p| p as u32).collect())
+        .unwrap_or_default()
+}
+
+/// Keeps the view current until `stop`: subscribes to pub/sub (discovering its endpoint from
+/// circusd when not configured) and reconciles every `interval`.
+pub async fn follow(
+    client: CircusClient,
+    pubsub: Option<String>,
+    view: ProcessView,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut subscribed = false;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !subscribed {
+            let endpoint = match &pubsub {
+                Some(e) => Some(e.clone()),
+                None => discover_pubsub(&client).await,
+            };
+            if let Some(endpoint) = endpoint {
+                match spawn_subscriber(&endpoint, view.clone(), stop.clone()) {
+                    Ok(()) => subscribed = true,
+                    Err(e) => tracing::warn!(%endpoint, error = %e, "cannot subscribe to circusd events"),
+                }
+            }
+        }
+        match snapshot(&client).await {
+            Ok((states, pids)) => view.reconcile(&states, &pids),
+            Err(e) => tracing::debug!(error = %e, "reconcile skipped"),
+        }
+    }
+}
+
+async fn discover_pubsub(client: &CircusClient) -> Option<String> {
+    let reply = client.call(Command::GlobalOptions).await.ok()?;
+    reply.pointer("/options/pubsub_endpoint").and_then(Value::as_str).map(str::to_string)
+}
+
+fn spawn_subscriber(endpoint: &str, view: ProcessView, stop: CancellationToken) -> Result<(), zmq::Error> {
+    let ctx = zmq::Context::new();
+    let socket = ctx.socket(zmq::SUB)?;
+    socket.set_linger(0)?;
+    socket.set_rcvtimeo(250)?;
+    socket.set_subscribe(b"watcher.")?;
+    socket.connect(endpoint)?;
+    std::thread::Builder::new()
+        .name("circus-events".into())
+        .spawn(move || {
+            let _ctx = ctx;
+            while !stop.is_cancelled() {
+                let frames = match socket.recv_multipart(0) {
+                    Ok(f) => f,
+                    Err(zmq::Error::EAGAIN) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "circus event subscriber failed");
+                        std::thread::sleep(Duration::from_millis(250));
+                        continue;
+                    }
+                };
+                if let [topic, body] = frames.as_slice() {
+                    if let (Ok(topic), Ok(body)) = (std::str::from_utf8(topic), serde_json::from_slice::<Value>(body)) {
+                        view.apply(topic, &body);
+                    }
+                }
+            }
+        })
+        .map_err(|_| zmq::Error::EMFILE)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn crash_and_respawn_counts_as_restart() {
+        let v = ProcessView::default();
+        v.apply("watcher.w.add", &json!({"time": 1.0}));
+        v.apply("watcher.w.spawn", &json!({"process_pid": 10, "time": 1.1}));
+        v.apply("watcher.w.start", &json!({"time": 1.2}));
+        v.apply("watcher.w.reap", &json!({"process_pid": 10, "exit_code": 3, "time": 2.0}));
+        v.apply("watcher.w.spawn", &json!({"process_pid": 11, "time": 2.1}));
+        let w = v.get("w").unwrap();
+        assert_eq!(w.state, "active");
+        assert_eq!(w.spawns, 2);
+        assert_eq!(w.restarts, 1);
+        assert_eq!(w.pids, BTreeSet::from([11]));
+        assert_eq!(w.last_exit, Some(Exit { pid: 10, exit_code: 3, time: 2.0 }));
+    }
+
+    #[test]
+    fn stopping_is_not_a_restart() {
+        let v = ProcessView::default();
+        v.apply("watcher.w.spawn", &json!({"process_pid": 10}));
+        v.apply("watcher.w.start", &json!({}));
+        v.apply("watcher.w.kill", &json!({"process_pid": 10}));
+        v.apply("watcher.w.reap", &json!({"process_pid": 10, "exit_code": -15}));
+        v.apply("watcher.w.stop", &json!({}));
+        let w = v.get("w").unwrap();
+        assert_eq!((w.state.as_str(), w.restarts), ("stopped", 0));
+    }
+
+    #[test]
+    fn reconcile_forgets_missing_and_replaces_pids() {
+        let v = ProcessView::default();
+        v.apply("watcher.gone.spawn", &json!({"process_pid": 1}));
+        v.apply("watcher.w.spawn", &json!({"process_pid": 2}));
+        let states = BTreeMap::from([("w".to_string(), "active".to_string())]);
+        let pids = BTreeMap::from([("w".to_string(), BTreeSet::from([3]))]);
+        v.reconcile(&states, &pids);
+        assert!(v.get("gone").is_none());
+        assert_eq!(v.get("w").unwrap().pids, BTreeSet::from([3]));
+    }
+
+    #[test]
+    fn events_per_watcher_are_bounded() {
+        let v = ProcessView::default();
+        for i in 0..100 {
+            v.apply("watcher.w.spawn", &json!({"process_pid": i}));
+        }
+        assert_eq!(v.get("w").unwrap().recent_events.len(), EVENTS_PER_WATCHER);
+    }
+}

@@ -1,0 +1,425 @@
+//! The warden's configuration: types, defaults, layered loading (defaults → YAML → env) and
+//! validation. Every error names its source, the key and the rule that failed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use validator::{Validate, ValidationErrors, ValidationErrorsKind};
+
+/// The file read when `--config` is not given and it exists in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "config/circus-warden.yaml";
+/// Prefix of the environment variables that override the file; `__` separates levels.
+pub const ENV_PREFIX: &str = "CIRCUS_WARDEN_";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    #[validate(nested)]
+    pub circus: CircusConfig,
+    #[validate(nested)]
+    pub server: ServerConfig,
+    #[validate(nested)]
+    pub gate: GateConfig,
+    #[validate(nested)]
+    pub log: LogConfig,
+}
+
+/// How to reach circusd, or how to run the embedded one.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircusConfig {
+    /// `tcp://…` or `ipc://…` of an external circusd; absent means the warden runs its own.
+    #[validate(custom(function = "validate_endpoint"))]
+    pub endpoint: Option<String>,
+    /// Pub/sub endpoint of an external circusd; absent means ask circusd (`globaloptions`).
+    #[validate(custom(function = "validate_endpoint"))]
+    pub pubsub_endpoint: Option<String>,
+    /// The circusd program for embedded mode; absent means look it up on `PATH`.
+    pub circusd_path: Option<PathBuf>,
+    /// Parent of the private socket directory in embedded mode.
+    pub runtime_dir: Option<PathBuf>,
+    #[validate(range(min = 10, max = 60_000))]
+    pub connect_timeout_ms: u64,
+    #[validate(range(min = 10, max = 600_000))]
+    pub read_timeout_ms: u64,
+    #[validate(range(min = 10, max = 600_000))]
+    pub mutation_timeout_ms: u64,
+    #[validate(range(max = 20))]
+    pub lock_retries: u32,
+    #[validate(range(min = 1, max = 10_000))]
+    pub lock_retry_delay_ms: u64,
+    #[validate(range(min = 100, max = 3_600_000))]
+    pub reconcile_interval_ms: u64,
+    #[validate(range(min = 10, max = 60_000))]
+    pub restart_backoff_initial_ms: u64,
+    #[validate(range(min = 10, max = 600_000))]
+    pub restart_backoff_max_ms: u64,
+}
+
+impl Default for CircusConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            pubsub_endpoint: None,
+            circusd_path: None,
+            runtime_dir: None,
+            connect_timeout_ms: 1_000,
+            read_timeout_ms: 5_000,
+            mutation_timeout_ms: 30_000,
+            lock_retries: 5,
+            lock_retry_delay_ms: 100,
+            reconcile_interval_ms: 5_000,
+            restart_backoff_initial_ms: 250,
+            restart_backoff_max_ms: 10_000,
+        }
+    }
+}
+
+impl CircusConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+    pub fn mutation_timeout(&self) -> Duration {
+        Duration::from_millis(self.mutation_timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Stdio,
+    Http,
+}
+
+/// The MCP edge.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub transport: Transport,
+    pub bind: SocketAddr,
+    /// `Host` values accepted on `/mcp` (DNS-rebinding guard). Empty is refused: say `["*"]`
+    /// nowhere; list the names the warden is reached by.
+    #[validate(length(min = 1, max = 64))]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted on `/mcp`; empty means requests carrying `Origin` are refused.
+    #[validate(length(max = 64))]
+    pub allowed_origins: Vec<String>,
+    #[validate(range(min = 1024, max = 67_108_864))]
+    pub max_body_bytes: usize,
+    #[validate(range(min = 1, max = 100_000))]
+    pub max_sessions: usize,
+    /// Open HTTP connections at once; more are closed on accept.
+    #[validate(range(min = 1, max = 100_000))]
+    pub max_connections: usize,
+    /// The identity of the (unauthenticated) stdio session.
+    #[validate(length(min = 1, max = 64))]
+    pub stdio_identity: String,
+    /// Bearer tokens; when any is configured, `/mcp` requires one.
+    #[validate(nested, length(max = 1024))]
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            transport: Transport::Stdio,
+            bind: SocketAddr::from(([127, 0, 0, 1], 8731)),
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: Vec::new(),
+            max_body_bytes: 1 << 20,
+            max_sessions: 64,
+            max_connections: 256,
+            stdio_identity: "local".into(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    #[validate(length(min = 1, max = 64))]
+    pub identity: String,
+    /// At least 16 bytes; compared in constant time.
+    #[validate(length(min = 16, max = 4096))]
+    pub token: String,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+/// The interim deny-by-default gate (replaced by the policy engine).
+#[derive(Debug, Clone, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateConfig {
+    /// Absolute paths of the programs that may be run; canonicalised when the gate is built.
+    #[validate(length(max = 1024), custom(function = "validate_absolute_paths"))]
+    pub executables: Vec<PathBuf>,
+    /// Where bare command names are looked up. Never the request's `PATH`.
+    #[validate(length(max = 64), custom(function = "validate_absolute_paths"))]
+    pub search_path: Vec<PathBuf>,
+    /// Roots a `working_dir` must lie in (compared on canonical paths, by component).
+    #[validate(length(max = 1024), custom(function = "validate_absolute_paths"))]
+    pub working_dirs: Vec<PathBuf>,
+    #[validate(range(min = 1, max = 1024))]
+    pub max_processes: u32,
+    #[validate(range(min = 0, max = 4096))]
+    pub max_args: usize,
+    #[validate(range(min = 1, max = 131_072))]
+    pub max_arg_bytes: usize,
+    #[validate(range(max = 1024))]
+    pub max_env: usize,
+    /// Signal names that `signal_process` may send.
+    #[validate(custom(function = "validate_signals"))]
+    pub signals: Vec<String>,
+    /// Watchers that no tool may touch (`circusd-stats` always is).
+    #[validate(length(max = 1024))]
+    pub protected_watchers: Vec<String>,
+    /// The `graceful_timeout` forced on every watcher the warden adds.
+    #[validate(range(min = 1, max = 3600))]
+    pub graceful_timeout_s: u32,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            executables: Vec::new(),
+            search_path: ["/usr/local/bin", "/usr/bin", "/bin"].map(PathBuf::from).to_vec(),
+            working_dirs: Vec::new(),
+            max_processes: 4,
+            max_args: 64,
+            max_arg_bytes: 4096,
+            max_env: 64,
+            signals: ["HUP", "INT", "TERM", "QUIT", "USR1", "USR2"].map(String::from).to_vec(),
+            protected_watchers: Vec::new(),
+            graceful_timeout_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive; `RUST_LOG` wins when set.
+    #[validate(length(min = 1, max = 1024))]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+/// Values given on the command line; they override every other source.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// A configuration error, already phrased for a person: `source: key: rule`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads defaults, then the YAML file (`explicit`, or the default file if present), then
+    /// `CIRCUS_WARDEN_*` variables, then `overrides`; then validates the result.
+    pub fn load(explicit: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let file = match explicit {
+            Some(path) if !path.is_file() => {
+                return Err(ConfigError(format!("{}: config file not found", path.display())));
+            }
+            Some(path) => Some(path.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.is_file()),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &file {
+            figment = figment.merge(serde_saphyr::figment::Yaml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let mut cli = Figment::new();
+        if let Some(t) = overrides.transport {
+            cli = cli.merge(Serialized::default("server.transport", t));
+        }
+        if let Some(b) = overrides.bind {
+            cli = cli.merge(Serialized::default("server.bind", b));
+        }
+        if let Some(e) = &overrides.endpoint {
+            cli = cli.merge(Serialized::default("circus.endpoint", e));
+        }
+        if let Some(f) = overrides.log_format {
+            cli = cli.merge(Serialized::default("log.format", f));
+        }
+        let config: Config = figment.merge(cli).extract().map_err(|e| {
+            ConfigError(e.into_iter().map(|e| describe_figment_error(&e)).collect::<Vec<_>>().join("\n"))
+        })?;
+        let source = file.as_ref().map_or("config".to_string(), |p| p.display().to_string());
+        config.validate().map_err(|e| ConfigError(describe_validation(&source, &e)))?;
+        Ok(config)
+    }
+
+    /// The effective configuration as YAML, with token values redacted.
+    pub fn to_yaml(&self) -> String {
+        let mut shown = self.clone();
+        for t in &mut shown.server.tokens {
+            t.token = "<redacted>".into();
+        }
+        serde_saphyr::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn describe_figment_error(e: &figment::Error) -> String {
+    let source = e
+        .metadata
+        .as_ref()
+        .map(|m| match &m.source {
+            Some(src) => src.to_string(),
+            None => m.name.to_string(),
+        })
+        .unwrap_or_else(|| "config".into());
+    let key = if e.path.is_empty() { "(top level)".to_string() } else { e.path.join(".") };
+    format!("{source}: {key}: {}", e.kind)
+}
+
+/// Flattens nested validator errors into `source: a.b.c: rule (message)` lines.
+fn describe_validation(source: &str, errors: &ValidationErrors) -> String {
+    fn walk(prefix: &str, errors: &ValidationErrors, out: &mut Vec<String>) {
+        for (field, kind) in errors.errors() {
+            let key = if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") };
+            match kind {
+                ValidationErrorsKind::Field(list) => {
+                    for e in list {
+                        let detail = e.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
+                        let bounds: Vec<String> = ["min", "max"]
+                            .iter()
+                            .filter_map(|k| e.params.get(*k).map(|v| format!("{k}={v}")))
+                            .collect();
+                        let bounds =
+                            if bounds.is_empty() { String::new() } else { format!(" ({})", bounds.join(", ")) };
+                        out.push(format!("{key}: rule `{}`{bounds}{detail}", e.code));
+                    }
+                }
+                ValidationErrorsKind::Struct(inner) => walk(&key, inner, out),
+                ValidationErrorsKind::List(items) => {
+                    for (i, inner) in items {
+                        walk(&format!("{key}[{i}]"), inner, out);
+                    }
+                }
+            }
+        }
+    }
+    let mut lines = Vec::new();
+    walk("", errors, &mut lines);
+    lines.sort();
+    lines.into_iter().map(|l| format!("{source}: {l}")).collect::<Vec<_>>().join("\n")
+}
+
+fn validate_endpoint(endpoint: &str) -> Result<(), validator::ValidationError> {
+    let ok = match endpoint.split_once("://") {
+        Some(("tcp", rest)) => rest.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()),
+        Some(("ipc", rest)) => rest.starts_with('/') && rest.len() < 100,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(validator::ValidationError::new("endpoint")
+            .with_message("must be tcp://HOST:PORT or ipc:///absolute/path (under 100 bytes)".into()))
+    }
+}
+
+fn validate_absolute_paths(paths: &[PathBuf]) -> Result<(), validator::ValidationError> {
+    match paths.iter().find(|p| !p.is_absolute()) {
+        None => Ok(()),
+        Some(p) => Err(validator::ValidationError::new("absolute_path")
+            .with_message(format!("{} is not an absolute path", p.display()).into())),
+    }
+}
+
+fn validate_signals(signals: &[String]) -> Result<(), validator::ValidationError> {
+    match signals.iter().find(|s| crate::circus::signal_number(s).is_none()) {
+        None => Ok(()),
+        Some(s) => Err(validator::ValidationError::new("signal_name")
+            .with_message(format!("{s} is not a known signal name").into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let f = write("circus:\n  endpont: tcp://127.0.0.1:5555\n");
+        let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+        assert!(err.contains("endpont"), "{err}");
+    }
+
+    #[test]
+    fn range_violation_names_key_and_rule() {
+        let f = write("gate:\n  max_processes: 0\n");
+        let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("gate.max_processes: rule `range`"), "{err}");
+    }
+
+    #[test]
+    fn bad_endpoint_is_refused() {
+        let f = write("circus:\n  endpoint: http://x\n");
+        let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("circus.endpoint: rule `endpoint`"), "{err}");
+    }
+
+    #[test]
+    fn overrides_win_over_file() {
+        let f = write("server:\n  transport: stdio\n");
+        let o = Overrides { transport: Some(Transport::Http), ..Default::default() };
+        assert_eq!(Config::load(Some(f.path()), &o).unwrap().server.transport, Transport::Http);
+    }
+
+    #[test]
+    fn tokens_are_redacted_when_printed() {
+        let mut c = Config::default();
+        c.server.tokens.push(TokenConfig { identity: "ci".into(), token: "s3cr3t-s3cr3t-s3cr3t".into() });
+        let y = c.to_yaml();
+        assert!(!y.contains("s3cr3t") && y.contains("<redacted>"), "{y}");
+    }
+}

@@ -1,0 +1,24 @@
+//! The request path, independent of MCP: decode a tool's arguments, pass mutations through the
+//! one gate, call circusd, and shape the reply or the error an agent can act on.
+
+pub mod error;
+pub mod gate;
+pub mod inspect;
+pub mod mutate;
+pub mod tools;
+
+use std::sync::Arc;
+
+use crate::circus::events::ProcessView;
+use crate::circus::CircusClient;
+
+pub use error::{ErrorKind, ToolError};
+pub use gate::Gate;
+
+/// Everything a tool call needs; cheap to clone.
+#[derive(Clone)]
+pub struct Warden {
+    pub client: CircusClient,
+    pub view: ProcessView,
+    pub gate: Arc<Gate>,
+}

@@ -1,0 +1,299 @@
+//! The tool catalogue: names, descriptions, argument and result schemas, and the dispatch
+//! from a tool name and raw JSON arguments to its handler. Arguments are decoded once, here,
+//! strictly (unknown fields and wrong types are errors that name the field).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{inspect, mutate, ErrorKind, ToolError, Warden};
+use crate::circus::events::Exit;
+
+/// A tool as MCP lists it.
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
+    /// Changes what runs (and so goes through the gate).
+    pub mutates: bool,
+    /// Stopping or removing processes.
+    pub destructive: bool,
+    pub input_schema: fn() -> Map<String, Value>,
+    pub output_schema: fn() -> Map<String, Value>,
+}
+
+fn schema<T: JsonSchema>() -> Map<String, Value> {
+    match serde_json::to_value(schemars::schema_for!(T)) {
+        Ok(Value::Object(mut m)) => {
+            m.remove("$schema");
+            m
+        }
+        _ => Map::new(),
+    }
+}
+
+macro_rules! tool {
+    ($name:literal, $title:literal, $args:ty, $out:ty, mutates: $m:literal, destructive: $d:literal, $desc:literal) => {
+        ToolSpec {
+            name: $name,
+            title: $title,
+            description: $desc,
+            mutates: $m,
+            destructive: $d,
+            input_schema: schema::<$args>,
+            output_schema: schema::<$out>,
+        }
+    };
+}
+
+pub static TOOLS: &[ToolSpec] = &[
+    tool!("add_process", "Add a process", AddArgs, AddOutput, mutates: true, destructive: false,
+        "Add a watcher that runs an allowed executable with the given arguments, and start it unless start is false. \
+         The command is resolved to its canonical absolute path by the warden; denials list each failed check and what would be allowed."),
+    tool!("start_process", "Start a process", NameArgs, ActionOutput, mutates: true, destructive: false,
+        "Start a stopped watcher's processes."),
+    tool!("stop_process", "Stop a process", NameArgs, ActionOutput, mutates: true, destructive: true,
+        "Stop a watcher's processes gracefully (they are signalled, then killed after the graceful timeout)."),
+    tool!("restart_process", "Restart a process", NameArgs, ActionOutput, mutates: true, destructive: true,
+        "Stop then start a watcher's processes."),
+    tool!("reload_process", "Reload a process", NameArgs, ActionOutput, mutates: true, destructive: true,
+        "Gracefully reload a watcher: new processes are started before the old ones are stopped."),
+    tool!("remove_process", "Remove a process", NameArgs, RemoveOutput, mutates: true, destructive: true,
+        "Stop a watcher and remove it from circus."),
+    tool!("scale_process", "Scale a process", ScaleArgs, ScaleOutput, mutates: true, destructive: true,
+        "Set how many processes a watcher runs (bounded by the policy)."),
+    tool!("signal_process", "Signal a process", SignalArgs, SignalOutput, mutates: true, destructive: true,
+        "Send an allowed signal (for example HUP or TERM) to every process of a watcher."),
+    tool!("list_processes", "List processes", EmptyArgs, ListOutput, mutates: false, destructive: false,
+        "List every watcher with its state and process ids."),
+    tool!("get_process_status", "Process status", NameArgs, StatusOutput, mutates: false, destructive: false,
+        "A watcher's state, pids, spawn and restart counts and its last exit."),
+    tool!("get_process_stats", "Process statistics", OptionalNameArgs, StatsOutput, mutates: false, destructive: false,
+        "CPU, memory and age of each process of one watcher, or of all watchers when name is omitted."),
+];
+
+pub fn find(name: &str) -> Option<&'static ToolSpec> {
+    TOOLS.iter().find(|t| t.name == name)
+}
+
+/// Runs one tool. Every failure, including an unknown tool, is a [`ToolError`].
+pub async fn call(w: &Warden, name: &str, args: Option<Map<String, Value>>) -> Result<Value, ToolError> {
+    let args = Value::Object(args.unwrap_or_default());
+    match name {
+        "add_process" => to_value(mutate::add(w, decode(args)?).await?),
+        "start_process" | "stop_process" | "restart_process" | "reload_process" => {
+            to_value(mutate::lifecycle(w, name, decode::<NameArgs>(args)?.name).await?)
+        }
+        "remove_process" => to_value(mutate::remove(w, decode::<NameArgs>(args)?.name).await?),
+        "scale_process" => to_value(mutate::scale(w, decode(args)?).await?),
+        "signal_process" => to_value(mutate::signal(w, decode(args)?).await?),
+        "list_processes" => {
+            decode::<EmptyArgs>(args)?;
+            to_value(inspect::list(w).await?)
+        }
+        "get_process_status" => to_value(inspect::status(w, &decode::<NameArgs>(args)?.name).await?),
+        "get_process_stats" => to_value(inspect::stats(w, decode::<OptionalNameArgs>(args)?.name.as_deref()).await?),
+        _ => {
+            let known: Vec<&str> = TOOLS.iter().map(|t| t.name).collect();
+            let shown: String = name.chars().take(64).collect();
+            Err(ToolError::new(ErrorKind::UnknownTool, format!("unknown tool '{shown}'; available tools: {}", known.join(", "))))
+        }
+    }
+}
+
+fn to_value<T: Serialize>(v: T) -> Result<Value, ToolError> {
+    serde_json::to_value(v).map_err(|e| ToolError::new(ErrorKind::CircusError, format!("cannot encode the result: {e}")))
+}
+
+/// Decodes arguments strictly, naming the offending field.
+pub fn decode<T: DeserializeOwned>(args: Value) -> Result<T, ToolError> {
+    serde_path_to_error::deserialize(args).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde names unknown and missing fields only in the message.
+        let field = match (path.as_str(), inner.split('`').nth(1)) {
+            ("." | "", Some(f)) => f.to_string(),
+            ("." | "", None) => "arguments".to_string(),
+            (p, _) => p.to_string(),
+        };
+        let rule = if inner.starts_with("unknown field") {
+            "schema.unknown_field"
+        } else if inner.starts_with("missing field") {
+            "schema.required"
+        } else {
+            "schema.type"
+        };
+        let shown: String = inner.chars().take(300).collect();
+        ToolError::invalid(&field, rule, shown)
+    })
+}
+
+// ---- arguments ----
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyArgs {}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameArgs {
+    /// The watcher's exact name: lower-case letters, digits, '_' and '-'.
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OptionalNameArgs {
+    /// The watcher's exact name; omit for every watcher.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddArgs {
+    /// The new watcher's name: 1-64 characters from a-z, 0-9, '_' and '-'.
+    pub name: String,
+    /// An allowed executable: an absolute path, or a bare name found on the warden's own search path.
+    pub command: String,
+    /// Arguments, passed to the program exactly as given (no shell, no splitting).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Absolute working directory inside an allowed root.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// Environment variables for the process (it inherits nothing else).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How many processes to run (default 1).
+    #[serde(default = "one")]
+    pub num_processes: u32,
+    /// Start the processes now (default true).
+    #[serde(default = "yes")]
+    pub start: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleArgs {
+    pub name: String,
+    /// The number of processes the watcher should run.
+    pub num_processes: u32,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignalArgs {
+    pub name: String,
+    /// A signal name such as "HUP" or "SIGTERM".
+    pub signal: String,
+}
+
+// ---- results ----
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AddOutput {
+    pub name: String,
+    /// The canonical absolute path circus runs.
+    pub command: String,
+    pub args: Vec<String>,
+    pub started: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ActionOutput {
+    pub name: String,
+    pub action: String,
+    /// The watcher's state after the action.
+    pub state: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RemoveOutput {
+    pub name: String,
+    pub removed: bool,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ScaleOutput {
+    pub name: String,
+    pub num_processes: u32,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SignalOutput {
+    pub name: String,
+    pub signal: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProcessSummary {
+    pub name: String,
+    pub state: String,
+    pub pids: BTreeSet<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListOutput {
+    pub processes: Vec<ProcessSummary>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StatusOutput {
+    pub name: String,
+    pub state: String,
+    pub pids: BTreeSet<u32>,
+    pub spawns: u64,
+    pub restarts: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<Exit>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StatsOutput {
+    /// Per watcher, per pid: circus's psutil figures (cpu, mem, mem_info1, age, …).
+    pub watchers: Map<String, Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = decode::<AddArgs>(json!({"name": "w", "command": "x", "hooks": {}})).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArguments);
+        assert_eq!(e.violations[0].field, "hooks");
+        assert_eq!(e.violations[0].rule, "schema.unknown_field");
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields_are_named() {
+        let e = decode::<ScaleArgs>(json!({"name": "w", "num_processes": "3"})).unwrap_err();
+        assert_eq!((e.violations[0].field.as_str(), e.violations[0].rule), ("num_processes", "schema.type"));
+        let e = decode::<ScaleArgs>(json!({"num_processes": 3})).unwrap_err();
+        assert_eq!((e.violations[0].field.as_str(), e.violations[0].rule), ("name", "schema.required"));
+        let e = decode::<AddArgs>(json!({"name": "w", "command": "x", "env": {"A": 1}})).unwrap_err();
+        assert_eq!(e.violations[0].field, "env.A");
+    }
+
+    #[test]
+    fn every_tool_has_object_schemas() {
+        for t in TOOLS {
+            assert_eq!((t.input_schema)()["type"], "object", "{}", t.name);
+            assert_eq!((t.output_schema)()["type"], "object", "{}", t.name);
+        }
+        assert_eq!((find("add_process").unwrap().input_schema)()["additionalProperties"], false);
+    }
+}

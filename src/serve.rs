@@ -1,0 +1,107 @@
+//! `circus-warden serve`: wires circusd (external or embedded), the client, the process view,
+//! the gate and the chosen transport together, and shuts them down in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::circus::client::Limits;
+use crate::circus::events::{follow, ProcessView};
+use crate::circus::supervisor::{find_circusd, supervise, Layout};
+use crate::circus::{CircusClient, Command, Endpoints};
+use crate::config::{Config, Transport};
+use crate::mcp::{self, Identity, Server};
+use crate::request::{Gate, Warden};
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    let mut supervisor = None;
+    let endpoints = match &config.circus.endpoint {
+        Some(control) => Endpoints { control: control.clone(), pubsub: config.circus.pubsub_endpoint.clone() },
+        None => {
+            let program = find_circusd(config.circus.circusd_path.as_deref()).map_err(anyhow::Error::msg)?;
+            let layout = Layout::create(config.circus.runtime_dir.as_deref())
+                .context("cannot create the private runtime directory for circusd")?;
+            tracing::info!(circusd = %program.display(), runtime_dir = %layout.runtime_dir.display(), "starting the embedded circusd");
+            let endpoints = layout.endpoints.clone();
+            supervisor = Some(tokio::spawn(supervise(program, layout, config.circus.clone(), stop.clone())));
+            endpoints
+        }
+    };
+
+    let client = CircusClient::start(&endpoints.control, Limits::from(&config.circus)).context("cannot start the circus client")?;
+    let view = ProcessView::default();
+    let interval = Duration::from_millis(config.circus.reconcile_interval_ms);
+    tokio::spawn(follow(client.clone(), endpoints.pubsub.clone(), view.clone(), interval, stop.clone()));
+    if supervisor.is_some() {
+        wait_ready(&client, Duration::from_secs(10)).await;
+    }
+
+    let warden = Warden { client: client.clone(), view, gate: Arc::new(Gate::compile(&config.gate)) };
+    let server = Server::new(warden, Identity(config.server.stdio_identity.clone()));
+    let result = match config.server.transport {
+        Transport::Stdio => {
+            eprintln!(
+                "circus-warden: serving MCP on stdin/stdout (circusd at {}).\n\
+                 Connect an MCP client by having it run this command, e.g.\n  \
+                 npx @modelcontextprotocol/inspector {} serve --transport stdio",
+                endpoints.control,
+                std::env::args().next().unwrap_or_else(|| "circus-warden".into()),
+            );
+            tokio::select! {
+                r = mcp::serve_stdio(server) => r,
+                _ = shutdown_signal() => Ok(()),
+            }
+        }
+        Transport::Http => {
+            let listener = tokio::net::TcpListener::bind(config.server.bind)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.server.bind))?;
+            let addr = listener.local_addr()?;
+            let auth = if config.server.tokens.is_empty() { "" } else { " --header 'Authorization: Bearer <token>'" };
+            eprintln!(
+                "circus-warden: MCP (Streamable HTTP) at http://{addr}/mcp  (circusd at {})\n\
+                 health: http://{addr}/healthz  readiness: http://{addr}/readyz\n\
+                 Connect an MCP client to that URL, e.g.\n  \
+                 npx @modelcontextprotocol/inspector --cli http://{addr}/mcp --transport http{auth} --method tools/list",
+                endpoints.control
+            );
+            tokio::select! {
+                r = mcp::http::serve(server, &config.server, client.clone(), listener, stop.clone()) => r,
+                _ = shutdown_signal() => Ok(()),
+            }
+        }
+    };
+    tracing::info!("shutting down");
+    stop.cancel();
+    if let Some(s) = supervisor {
+        let _ = s.await;
+    }
+    result
+}
+
+/// Waits until circusd answers, so a freshly started warden is ready when it says so.
+async fn wait_ready(client: &CircusClient, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if client.call(Command::Status { name: None }).await.is_ok() {
+            tracing::info!("circusd is ready");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!("circusd is not answering yet; serving anyway (tools report it as unavailable)");
+}
+
+async fn shutdown_signal() {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
