@@ -43,26 +43,25 @@ impl Layout {
         let sock = |n: &str| format!("ipc://{}", dir.join(n).display());
         let endpoints = Endpoints { control: sock("control.sock"), pubsub: Some(sock("pubsub.sock")) };
         let ini = dir.join("circus.ini");
-        std::fs::write(&ini, ini_text(&endpoints, &sock("stats.sock")))?;
+        std::fs::write(&ini, ini_text(&endpoints))?;
         Ok(Layout { runtime_dir: dir, ini, endpoints })
     }
 }
 
-/// circus.ini for the embedded circusd. `multicast_endpoint` empty switches discovery off.
-pub fn ini_text(endpoints: &Endpoints, stats: &str) -> String {
+/// circus.ini for the embedded circusd. `multicast_endpoint` empty switches discovery off;
+/// no `stats_endpoint`, because naming one turns circusd-stats (and a TCP socket) on.
+pub fn ini_text(endpoints: &Endpoints) -> String {
     format!(
         "# Written by circus-warden for its embedded circusd.\n\
          [circus]\n\
          endpoint = {}\n\
          pubsub_endpoint = {}\n\
-         stats_endpoint = {}\n\
          multicast_endpoint =\n\
          statsd = False\n\
          umask = 077\n\
          check_delay = 5\n",
         endpoints.control,
         endpoints.pubsub.as_deref().unwrap_or_default(),
-        stats
     )
 }
 
@@ -189,6 +188,7 @@ mod tests {
         assert!(ini.contains("multicast_endpoint =\n"), "{ini}");
         assert!(ini.contains("umask = 077"));
         assert!(!ini.contains("tcp://"));
+        assert!(!ini.contains("stats_endpoint"));
         assert!(l.endpoints.control.starts_with("ipc:///"));
     }
 }

@@ -1,0 +1,143 @@
+//! The circus client actor against a real circusd: concurrency, outages, recovery, a frozen
+//! circusd, and retries on circusd's global lock.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use circus_warden::circus::client::Limits;
+use circus_warden::circus::{CircusClient, CircusError, Command, WatcherName};
+use common::{eventually, Circusd};
+use serde_json::{json, Map};
+
+fn limits(mutation_ms: u64) -> Limits {
+    Limits {
+        connect: Duration::from_millis(500),
+        read: Duration::from_millis(2000),
+        mutation: Duration::from_millis(mutation_ms),
+        lock_retries: 8,
+        lock_retry_delay: Duration::from_millis(100),
+    }
+}
+
+fn name(s: &str) -> WatcherName {
+    WatcherName::parse(s).unwrap()
+}
+
+fn add(n: &str, program: &str, args: &[&str], start: bool) -> Command {
+    let mut options = Map::new();
+    options.insert("graceful_timeout".into(), json!(1));
+    Command::Add { name: name(n), cmd: program.into(), args: args.iter().map(|s| s.to_string()).collect(), options, start }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_reads_are_matched_by_id() {
+    let circus = Circusd::start();
+    let client = CircusClient::start(&circus.control, limits(10_000)).unwrap();
+    client.call(add("w", "/bin/sleep", &["300"], true)).await.unwrap();
+    let calls = (0..64).map(|i| {
+        let c = client.clone();
+        async move {
+            if i % 2 == 0 {
+                c.call(Command::Status { name: Some(name("w")) }).await.map(|v| v["status"].clone())
+            } else {
+                c.call(Command::List { name: Some(name("w")) }).await.map(|v| json!(v["pids"].is_array()))
+            }
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    for (i, r) in results.into_iter().enumerate() {
+        let v = r.unwrap();
+        if i % 2 == 0 { assert_eq!(v, "active") } else { assert_eq!(v, true) }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_watcher_is_a_remote_not_found() {
+    let circus = Circusd::start();
+    let client = CircusClient::start(&circus.control, limits(10_000)).unwrap();
+    let err = client.call(Command::Stop { name: name("nope") }).await.unwrap_err();
+    assert!(err.is_not_found(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_circusd_fails_fast_and_recovery_needs_no_restart() {
+    let mut circus = Circusd::start();
+    let client = CircusClient::start(&circus.control, limits(3_000)).unwrap();
+    client.call(Command::Status { name: None }).await.unwrap();
+    circus.kill();
+
+    for cmd in [Command::Status { name: None }, add("x", "/bin/sleep", &["1"], false)] {
+        let started = Instant::now();
+        let err = client.call(cmd).await.unwrap_err();
+        assert!(matches!(err, CircusError::Unavailable(_) | CircusError::Timeout(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_millis(3_500), "took {:?}", started.elapsed());
+    }
+
+    circus.spawn();
+    let recovered = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if client.call(Command::Status { name: None }).await.is_ok() || Instant::now() > deadline {
+                break client.call(Command::Status { name: None }).await.is_ok();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    assert!(recovered, "the client did not reconnect to the restarted circusd");
+    // The add that failed while circusd was down was never queued for later.
+    assert!(!circus.watchers().contains(&"x".to_string()));
+    client.call(add("y", "/bin/sleep", &["300"], false)).await.unwrap();
+    assert!(circus.watchers().contains(&"y".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutation_that_timed_out_on_a_frozen_circusd_never_runs() {
+    let circus = Circusd::start();
+    let client = CircusClient::start(&circus.control, limits(1_500)).unwrap();
+    client.call(Command::Status { name: None }).await.unwrap();
+
+    circus.signal(libc::SIGSTOP);
+    let err = client.call(add("ghost", "/bin/sleep", &["300"], true)).await.unwrap_err();
+    assert!(matches!(err, CircusError::Unavailable(_) | CircusError::Timeout(_)), "{err:?}");
+    // A read while frozen times out too, and its socket is replaced.
+    assert!(client.call(Command::Status { name: None }).await.is_err());
+    circus.signal(libc::SIGCONT);
+
+    // Give a stale message every chance to be delivered, then check it was not.
+    assert!(eventually(Duration::from_secs(5), || common::raw_call(&circus.control, "list", json!({}), Duration::from_millis(500)).is_some()));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!circus.watchers().contains(&"ghost".to_string()), "a timed-out add ran after SIGCONT");
+    // And the client works again.
+    let mut ok = false;
+    for _ in 0..50 {
+        if client.call(Command::Status { name: None }).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the client did not recover after SIGCONT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutations_retry_while_circusd_holds_its_lock() {
+    let circus = Circusd::start();
+    let client = CircusClient::start(&circus.control, limits(15_000)).unwrap();
+    // A process that ignores SIGTERM keeps a graceful stop (and circusd's lock) busy ~2 s.
+    let stubborn = "trap '' TERM; while true; do sleep 0.1; done";
+    let mut options = Map::new();
+    options.insert("graceful_timeout".into(), json!(2));
+    client
+        .call(Command::Add { name: name("stubborn"), cmd: "/bin/sh".into(), args: vec!["-c".into(), stubborn.into()], options, start: true })
+        .await
+        .unwrap();
+    // Stop it from another client, without waiting, so the lock is held by circusd.
+    let stop = common::raw_call(&circus.control, "stop", json!({"name": "stubborn", "match": "simple", "waiting": false}), Duration::from_secs(5));
+    assert_eq!(stop.unwrap()["status"], "ok");
+    let started = Instant::now();
+    client.call(add("after", "/bin/sleep", &["300"], false)).await.unwrap();
+    assert!(circus.watchers().contains(&"after".to_string()));
+    // It only succeeded once the lock was free: it waited through at least one retry.
+    assert!(started.elapsed() >= Duration::from_millis(100), "no retry happened ({:?})", started.elapsed());
+}
