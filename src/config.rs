@@ -108,7 +108,8 @@ pub struct ServerConfig {
     /// nowhere; list the names the warden is reached by.
     #[validate(length(min = 1, max = 64))]
     pub allowed_hosts: Vec<String>,
-    /// Browser origins accepted on `/mcp`; empty means requests carrying `Origin` are refused.
+    /// Browser origins accepted on `/mcp` (`scheme://host:port`, `:*` for any port); a request
+    /// carrying any other `Origin` is refused. Empty refuses every request with an `Origin`.
     #[validate(length(max = 64))]
     pub allowed_origins: Vec<String>,
     #[validate(range(min = 1024, max = 67_108_864))]
@@ -132,7 +133,7 @@ impl Default for ServerConfig {
             transport: Transport::Stdio,
             bind: SocketAddr::from(([127, 0, 0, 1], 8731)),
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
-            allowed_origins: Vec::new(),
+            allowed_origins: ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"].map(String::from).to_vec(),
             max_body_bytes: 1 << 20,
             max_sessions: 64,
             max_connections: 256,

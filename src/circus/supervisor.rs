@@ -34,6 +34,7 @@ impl Layout {
             .map(Path::to_path_buf)
             .or_else(|| std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()))
             .unwrap_or_else(|| PathBuf::from("/tmp"));
+        sweep_stale(&parent);
         let mut suffix = [0u8; 4];
         // SAFETY: getrandom fills at most the given number of bytes of our buffer.
         unsafe { libc::getrandom(suffix.as_mut_ptr().cast(), suffix.len(), 0) };
@@ -45,6 +46,22 @@ impl Layout {
         let ini = dir.join("circus.ini");
         std::fs::write(&ini, ini_text(&endpoints))?;
         Ok(Layout { runtime_dir: dir, ini, endpoints })
+    }
+}
+
+/// Removes runtime directories left by wardens that are no longer running (killed before
+/// they could clean up). Only `circus-warden-<pid>-<hex>` entries whose pid is gone.
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("circus-warden-")).and_then(|r| r.split_once('-')).and_then(|(p, _)| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(dir = %entry.path().display(), "removing a stale runtime directory");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
@@ -86,10 +103,12 @@ fn spawn(program: &Path, layout: &Layout) -> std::io::Result<Child> {
         .stdout(std::io::stderr())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
-    // SAFETY: umask is async-signal-safe and touches only the child.
+    // SAFETY: umask and prctl are async-signal-safe and touch only the child.
     unsafe {
         cmd.pre_exec(|| {
             libc::umask(0o077);
+            // If the warden dies without a chance to send `quit` (SIGKILL), circusd is told.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             Ok(())
         });
     }
@@ -190,5 +209,19 @@ mod tests {
         assert!(!ini.contains("tcp://"));
         assert!(!ini.contains("stats_endpoint"));
         assert!(l.endpoints.control.starts_with("ipc:///"));
+    }
+
+    #[test]
+    fn stale_runtime_dirs_of_dead_wardens_are_swept() {
+        let parent = tempfile::tempdir().unwrap();
+        let dead = parent.path().join("circus-warden-999999999-abcd");
+        let alive = parent.path().join(format!("circus-warden-{}-abcd", std::process::id()));
+        let other = parent.path().join("unrelated-1-2");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        sweep_stale(parent.path());
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
     }
 }
