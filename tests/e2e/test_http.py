@@ -109,11 +109,20 @@ def test_allowed_host_accepted(http_warden, host):
     assert status == 200, f"Host {host}: expected 200, got {status}: {body[:200]!r}"
 
 
-def test_foreign_origin_rejected(http_warden):
-    """allowed_origins defaults to []: a browser Origin must not reach the MCP endpoint."""
+@pytest.mark.parametrize("origin", ["http://localhost:5173", "http://127.0.0.1:8080"])
+def test_local_origin_accepted(http_warden, origin):
+    """The default allowed_origins admit local pages (http://localhost:*, http://127.0.0.1:*)."""
     w = http_warden()
-    status, _, body = w.http().post_mcp(init_payload(), headers={"Origin": "http://evil.example"})
-    assert status == 403, f"expected 403 for a foreign Origin, got {status}: {body[:200]!r}"
+    status, _, body = w.http().post_mcp(init_payload(), headers={"Origin": origin})
+    assert status == 200, f"Origin {origin}: expected 200, got {status}: {body[:200]!r}"
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "http://localhost.evil.example:80", "null"])
+def test_foreign_origin_rejected(http_warden, origin):
+    """A browser Origin outside allowed_origins must not reach the MCP endpoint (DNS rebinding)."""
+    w = http_warden()
+    status, _, body = w.http().post_mcp(init_payload(), headers={"Origin": origin})
+    assert status == 403, f"Origin {origin}: expected 403, got {status}: {body[:200]!r}"
 
 
 # --------------------------------------------------------------------------- body cap

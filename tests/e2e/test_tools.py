@@ -371,3 +371,29 @@ def test_session_survives_many_calls(mcp):
     for _ in range(50):
         ok(mcp.call("get_process_status", {"name": name}))
     assert time.monotonic() - t0 < 30
+
+
+def test_concurrent_mutations(mcp):
+    """Parallel adds and removes on one session all succeed (the warden serialises circusd's lock)."""
+    import asyncio
+
+    names = [unique_name("par") for _ in range(8)]
+
+    async def adds(session):
+        return await asyncio.gather(*[
+            session.call_tool("add_process", {"name": n, "command": SLEEP, "args": ["3600"]}) for n in names])
+
+    results = mcp.client.run(adds, timeout=120)
+    bad = [r for r in results if r.is_error]
+    assert not bad, [r.structured_content for r in bad]
+    present = set(circus_call(mcp.endpoint, "list")["watchers"])
+    assert set(names) <= present, sorted(set(names) - present)
+
+    async def removes(session):
+        return await asyncio.gather(*[session.call_tool("remove_process", {"name": n}) for n in names])
+
+    results = mcp.client.run(removes, timeout=120)
+    bad = [r for r in results if r.is_error]
+    assert not bad, [r.structured_content for r in bad]
+    present = set(circus_call(mcp.endpoint, "list")["watchers"])
+    assert not set(names) & present
