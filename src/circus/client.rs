@@ -120,8 +120,7 @@ impl CircusClient {
             match self.call_once(cmd.clone(), deadline, budget.as_millis() as u64).await {
                 Err(e) if e.is_lock_conflict() && cmd.is_mutation() => {
                     if attempt >= limits.lock_retries || Instant::now() + delay >= deadline {
-                        let CircusError::Remote { reason, .. } = e else { unreachable!() };
-                        return Err(CircusError::Busy { retries: attempt, reason });
+                        return Err(CircusError::Busy { retries: attempt, reason: e.to_string() });
                     }
                     attempt += 1;
                     tracing::debug!(verb = cmd.verb(), attempt, "circusd lock busy; retrying");

@@ -54,6 +54,25 @@ impl Command {
         }
     }
 
+    /// The watcher the command names, if it names exactly one.
+    pub fn watcher(&self) -> Option<&WatcherName> {
+        match self {
+            Command::List { name } | Command::Status { name } | Command::Stats { name } => name.as_ref(),
+            Command::GlobalOptions => None,
+            Command::Options { name }
+            | Command::NumProcesses { name }
+            | Command::Add { name, .. }
+            | Command::Start { name }
+            | Command::Stop { name }
+            | Command::Restart { name }
+            | Command::Reload { name }
+            | Command::Rm { name }
+            | Command::Incr { name, .. }
+            | Command::Decr { name, .. }
+            | Command::Signal { name, .. } => Some(name),
+        }
+    }
+
     /// Whether the command takes circusd's global lock (and so is serialized and retried).
     pub fn is_mutation(&self) -> bool {
         !matches!(

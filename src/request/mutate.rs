@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::gate::{AddRequest, Decision, Request};
 use super::tools::{ActionOutput, AddArgs, AddOutput, RemoveOutput, ScaleArgs, ScaleOutput, SignalArgs, SignalOutput};
-use super::{ToolError, Warden};
+use super::{ErrorKind, ToolError, Warden};
 use crate::circus::{Command, WatcherName};
 
 /// The single gate entry point: facts, decision, audit line. Returns the command to send.
@@ -35,10 +35,12 @@ pub async fn add(w: &Warden, a: AddArgs) -> Result<AddOutput, ToolError> {
         start: a.start,
     });
     let cmd = check(w, "add_process", &req)?;
-    let Command::Add { name, cmd: program, args, start, .. } = &cmd else {
-        unreachable!("the gate answers an add with an add")
+    let out = match &cmd {
+        Command::Add { name, cmd: program, args, start, .. } => {
+            AddOutput { name: name.to_string(), command: program.clone(), args: args.clone(), started: *start }
+        }
+        other => return Err(mismatch(other)),
     };
-    let out = AddOutput { name: name.to_string(), command: program.clone(), args: args.clone(), started: *start };
     w.client.call(cmd).await?;
     Ok(out)
 }
@@ -51,7 +53,7 @@ pub async fn lifecycle(w: &Warden, tool: &str, name: String) -> Result<ActionOut
         _ => ("reload", Request::Reload { name }),
     };
     let cmd = check(w, tool, &req)?;
-    let name = watcher(&cmd);
+    let name = watcher(&cmd)?;
     w.client.call(cmd).await?;
     let status = w.client.call(Command::Status { name: Some(name.clone()) }).await?;
     Ok(ActionOutput {
@@ -63,7 +65,7 @@ pub async fn lifecycle(w: &Warden, tool: &str, name: String) -> Result<ActionOut
 
 pub async fn remove(w: &Warden, name: String) -> Result<RemoveOutput, ToolError> {
     let cmd = check(w, "remove_process", &Request::Remove { name })?;
-    let name = watcher(&cmd).to_string();
+    let name = watcher(&cmd)?.to_string();
     w.client.call(cmd).await?;
     Ok(RemoveOutput { name, removed: true })
 }
@@ -79,7 +81,7 @@ pub async fn scale(w: &Warden, a: ScaleArgs) -> Result<ScaleOutput, ToolError> {
         None => 0,
     };
     let cmd = check(w, "scale_process", &Request::Scale { name: a.name, num_processes: a.num_processes, current })?;
-    let name = watcher(&cmd).to_string();
+    let name = watcher(&cmd)?.to_string();
     if !matches!(cmd, Command::Incr { nb: 0, .. }) {
         w.client.call(cmd).await?;
     }
@@ -88,24 +90,19 @@ pub async fn scale(w: &Warden, a: ScaleArgs) -> Result<ScaleOutput, ToolError> {
 
 pub async fn signal(w: &Warden, a: SignalArgs) -> Result<SignalOutput, ToolError> {
     let cmd = check(w, "signal_process", &Request::Signal { name: a.name, signal: a.signal.clone() })?;
-    let name = watcher(&cmd).to_string();
+    let name = watcher(&cmd)?.to_string();
     let shown = crate::circus::signal_number(&a.signal).map_or(a.signal, |(n, _)| n.to_string());
     w.client.call(cmd).await?;
     Ok(SignalOutput { name, signal: shown })
 }
 
-/// The watcher an allowed lifecycle command names.
-fn watcher(cmd: &Command) -> WatcherName {
-    match cmd {
-        Command::Start { name }
-        | Command::Stop { name }
-        | Command::Restart { name }
-        | Command::Reload { name }
-        | Command::Rm { name }
-        | Command::Incr { name, .. }
-        | Command::Decr { name, .. }
-        | Command::Signal { name, .. }
-        | Command::Add { name, .. } => name.clone(),
-        other => unreachable!("the gate never allows {}", other.verb()),
-    }
+/// The watcher an allowed command names.
+fn watcher(cmd: &Command) -> Result<WatcherName, ToolError> {
+    cmd.watcher().cloned().ok_or_else(|| mismatch(cmd))
+}
+
+/// The gate allowed a command of another kind than the request: refuse rather than guess.
+fn mismatch(cmd: &Command) -> ToolError {
+    tracing::error!(verb = cmd.verb(), "the gate allowed an unexpected command; refusing it");
+    ToolError::new(ErrorKind::Denied, "internal error: the gate's decision did not match the request; nothing was sent")
 }
