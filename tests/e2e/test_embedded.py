@@ -13,6 +13,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -269,3 +270,78 @@ def test_embedded_survives_repeated_kills(embedded):
         wait_for(lambda: not pid_alive(cd.pid), 10)
         wait_for(lambda: (k := circusd_children(w.pid)) and k[0].pid != cd.pid, 30, what="restarted")
         wait_for(lambda: w.readyz() == 200, 30, what="/readyz 200 after restart")
+
+
+def test_embedded_stdio_child_output_stays_off_stdout(workroot):
+    """Over stdio, stdout is the MCP channel: neither circusd's logs nor a managed process's
+    output may appear on it (circus lets children inherit circusd's stdout when no stream is set)."""
+    import select
+
+    from harness import PYTHON, Warden
+
+    rundir = private_dir("cw-rt-")
+    wdir = private_dir("cw-warden-")
+    w = Warden(embedded_config(rundir, workroot), wdir, "embedded-stdio-out")
+    p = subprocess.Popen([warden_bin(), *w.stdio_params().args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=open(w.log_path, "ab"), env=w.env, cwd=str(wdir), bufsize=0)
+    cds: list[psutil.Process] = []
+    lines: list[bytes] = []
+
+    def send(obj):
+        p.stdin.write(json.dumps(obj).encode() + b"\n")
+
+    def read_for(seconds: float, until_id=None):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([p.stdout], [], [], 0.1)
+            if r:
+                ln = p.stdout.readline()
+                if not ln:
+                    return None
+                lines.append(ln)
+                try:
+                    msg = json.loads(ln)
+                except ValueError:
+                    continue
+                if until_id is not None and msg.get("id") == until_id:
+                    return msg
+        return None
+
+    try:
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+              "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                         "clientInfo": {"name": "raw", "version": "0"}}})
+        assert read_for(30, 1), lines
+        send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        cds.append(one_circusd(p.pid, 30))
+        script = "import sys, time; [print('CHILD-STDOUT-LINE', flush=True) for _ in range(3)]; " \
+                 "print('CHILD-STDERR-LINE', file=sys.stderr, flush=True); time.sleep(3600)"
+        send({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+              "params": {"name": "add_process", "arguments": {"name": "chatty", "command": PYTHON, "args": ["-c", script]}}})
+        reply = read_for(30, 2)
+        assert reply and "result" in reply, lines
+        assert reply["result"].get("isError") is not True, reply
+        read_for(2.0)  # give the child time to print
+        for ln in lines:
+            try:
+                msg = json.loads(ln)
+            except ValueError:
+                pytest.fail(f"non-JSON-RPC bytes on the stdio MCP channel: {ln[:200]!r}")
+            assert msg.get("jsonrpc") == "2.0", ln
+    finally:
+        for c in cds:
+            try:
+                kill_pids([k.pid for k in c.children(recursive=True)])
+            except psutil.NoSuchProcess:
+                pass
+        p.stdin.close()
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        kill_pids(c.pid for c in cds if pid_alive(c.pid))
+        w.close()
+        import shutil
+        shutil.rmtree(rundir, ignore_errors=True)
+        shutil.rmtree(wdir, ignore_errors=True)
