@@ -51,7 +51,8 @@ pub async fn serve_stdio(server: Server) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tool_list() -> Vec<Tool> {
+/// The tool list, with schemas generated once.
+static TOOL_LIST: std::sync::LazyLock<Vec<Tool>> = std::sync::LazyLock::new(|| {
     tools::TOOLS
         .iter()
         .map(|t| {
@@ -63,7 +64,7 @@ fn tool_list() -> Vec<Tool> {
                 )
         })
         .collect()
-}
+});
 
 fn json_resource(uri: &str, value: &Value) -> ReadResourceResponse {
     let text = serde_json::to_string_pretty(value).unwrap_or_default();
@@ -94,11 +95,11 @@ impl ServerHandler for Server {
         _request: Option<PaginatedRequestParams>,
         _ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(tool_list()))
+        Ok(ListToolsResult::with_all_items(TOOL_LIST.clone()))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        tool_list().into_iter().find(|t| t.name == name)
+        TOOL_LIST.iter().find(|t| t.name == name).cloned()
     }
 
     async fn call_tool(
