@@ -263,7 +263,9 @@ impl Config {
         if let Some(path) = &file {
             figment = figment.merge(serde_saphyr::figment::Yaml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // Every setting lives in a section, so only `<SECTION>__<KEY>` names are settings;
+        // other CIRCUS_WARDEN_* variables (a test's CIRCUS_WARDEN_BIN) are not config.
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).filter(|k| k.as_str().contains("__")).split("__"));
         let mut cli = Figment::new();
         if let Some(t) = overrides.transport {
             cli = cli.merge(Serialized::default("server.transport", t));
