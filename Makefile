@@ -17,7 +17,17 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 VENV_PATH := PATH=$(VENV)/bin:$$PATH
 
-.PHONY: venv build run test test-rust test-e2e bench clean-venv
+.PHONY: venv tools build run test test-rust test-e2e bench clean-venv
+
+# Node 22 (the machine's Node is 20), the MCP conformance suite and the Inspector CLI, from npm.
+TOOLS_STAMP := $(CURDIR)/.tools/.stamp
+NPM_TOOLS   := node@22 @modelcontextprotocol/conformance@0.1.16 @modelcontextprotocol/inspector@2.12.0
+tools: $(TOOLS_STAMP)
+$(TOOLS_STAMP): Makefile
+	mkdir -p .tools
+	npm install --prefix .tools --no-audit --no-fund --loglevel=error $(NPM_TOOLS)
+	.tools/node_modules/.bin/node --version
+	@touch $@
 
 venv: $(STAMP)
 
@@ -37,7 +47,7 @@ build:
 run: venv build
 	$(VENV_PATH) $(BIN) serve --transport $(TRANSPORT)
 
-test: venv
+test: venv tools
 	$(VENV_PATH) cargo test --release
 	cargo build --release
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
@@ -46,7 +56,7 @@ test: venv
 test-rust: venv
 	$(VENV_PATH) cargo test --release
 
-test-e2e: venv build
+test-e2e: venv tools build
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
 
 bench: venv build
