@@ -58,6 +58,12 @@ pub struct CircusConfig {
     pub restart_backoff_initial_ms: u64,
     #[validate(range(min = 10, max = 600_000))]
     pub restart_backoff_max_ms: u64,
+    /// A watcher with this many restarts …
+    #[validate(range(min = 1, max = 1000))]
+    pub crash_loop_restarts: u32,
+    /// … within this many seconds is crash-looping.
+    #[validate(range(min = 1, max = 86_400))]
+    pub crash_loop_window_s: u32,
 }
 
 impl Default for CircusConfig {
@@ -75,6 +81,8 @@ impl Default for CircusConfig {
             reconcile_interval_ms: 5_000,
             restart_backoff_initial_ms: 250,
             restart_backoff_max_ms: 10_000,
+            crash_loop_restarts: 5,
+            crash_loop_window_s: 60,
         }
     }
 }
@@ -104,6 +112,9 @@ pub enum Transport {
 pub struct ServerConfig {
     pub transport: Transport,
     pub bind: SocketAddr,
+    /// A separate admin listener for `/metrics`, `/healthz` and `/readyz` (any transport).
+    /// The HTTP transport serves them on `bind` as well.
+    pub metrics_bind: Option<SocketAddr>,
     /// `Host` values accepted on `/mcp` (DNS-rebinding guard). Empty is refused: say `["*"]`
     /// nowhere; list the names the warden is reached by.
     #[validate(length(min = 1, max = 64))]
@@ -132,6 +143,7 @@ impl Default for ServerConfig {
         Self {
             transport: Transport::Stdio,
             bind: SocketAddr::from(([127, 0, 0, 1], 8731)),
+            metrics_bind: None,
             allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
             allowed_origins: ["http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*"].map(String::from).to_vec(),
             max_body_bytes: 1 << 20,

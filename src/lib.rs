@@ -16,5 +16,6 @@
 pub mod circus;
 pub mod config;
 pub mod mcp;
+pub mod metrics;
 pub mod request;
 pub mod serve;

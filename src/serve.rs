@@ -9,11 +9,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::circus::client::Limits;
-use crate::circus::events::{follow, ProcessView};
+use crate::circus::events::{follow, CrashLoop, ProcessView};
 use crate::circus::supervisor::{find_circusd, supervise, Layout};
 use crate::circus::{CircusClient, Command, Endpoints};
 use crate::config::{Config, Transport};
 use crate::mcp::{self, Identity, Server};
+use crate::metrics::Metrics;
 use crate::request::{Gate, Warden};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -32,15 +33,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    let client = CircusClient::start(&endpoints.control, Limits::from(&config.circus)).context("cannot start the circus client")?;
-    let view = ProcessView::default();
+    let metrics = Metrics::new();
+    let client = CircusClient::start(&endpoints.control, Limits::from(&config.circus), Some(metrics.circus_call_seconds.clone()))
+        .context("cannot start the circus client")?;
+    let crash_loop = CrashLoop {
+        restarts: config.circus.crash_loop_restarts as usize,
+        window_s: f64::from(config.circus.crash_loop_window_s),
+    };
+    let view = ProcessView::new(Some(metrics.clone()), crash_loop);
     let interval = Duration::from_millis(config.circus.reconcile_interval_ms);
     tokio::spawn(follow(client.clone(), endpoints.pubsub.clone(), view.clone(), interval, stop.clone()));
     if supervisor.is_some() {
         wait_ready(&client, Duration::from_secs(10)).await;
     }
 
-    let warden = Warden { client: client.clone(), view, gate: Arc::new(Gate::compile(&config.gate)) };
+    let warden = Warden { client: client.clone(), view, gate: Arc::new(Gate::compile(&config.gate)), metrics: metrics.clone() };
+    if let Some(addr) = config.server.metrics_bind {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        tracing::info!(%addr, "admin endpoints: /metrics /healthz /readyz");
+        tokio::spawn(mcp::http::serve_admin(listener, metrics.clone(), client.clone(), stop.clone()));
+    }
     let server = Server::new(warden, Identity(config.server.stdio_identity.clone()));
     let result = match config.server.transport {
         Transport::Stdio => {
@@ -70,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 endpoints.control
             );
             tokio::select! {
-                r = mcp::http::serve(server, &config.server, client.clone(), listener, stop.clone()) => r,
+                r = mcp::http::serve(server, &config.server, client.clone(), metrics.clone(), listener, stop.clone()) => r,
                 _ = shutdown_signal() => Ok(()),
             }
         }

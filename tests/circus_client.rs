@@ -33,7 +33,7 @@ fn add(n: &str, program: &str, args: &[&str], start: bool) -> Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reads_are_matched_by_id() {
     let circus = Circusd::start();
-    let client = CircusClient::start(&circus.control, limits(10_000)).unwrap();
+    let client = CircusClient::start(&circus.control, limits(10_000), None).unwrap();
     client.call(add("w", "/bin/sleep", &["300"], true)).await.unwrap();
     let calls = (0..64).map(|i| {
         let c = client.clone();
@@ -55,7 +55,7 @@ async fn concurrent_reads_are_matched_by_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_watcher_is_a_remote_not_found() {
     let circus = Circusd::start();
-    let client = CircusClient::start(&circus.control, limits(10_000)).unwrap();
+    let client = CircusClient::start(&circus.control, limits(10_000), None).unwrap();
     let err = client.call(Command::Stop { name: name("nope") }).await.unwrap_err();
     assert!(err.is_not_found(), "{err:?}");
 }
@@ -63,7 +63,7 @@ async fn unknown_watcher_is_a_remote_not_found() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_circusd_fails_fast_and_recovery_needs_no_restart() {
     let mut circus = Circusd::start();
-    let client = CircusClient::start(&circus.control, limits(3_000)).unwrap();
+    let client = CircusClient::start(&circus.control, limits(3_000), None).unwrap();
     client.call(Command::Status { name: None }).await.unwrap();
     circus.kill();
 
@@ -94,7 +94,7 @@ async fn down_circusd_fails_fast_and_recovery_needs_no_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutation_that_timed_out_on_a_frozen_circusd_never_runs() {
     let circus = Circusd::start();
-    let client = CircusClient::start(&circus.control, limits(1_500)).unwrap();
+    let client = CircusClient::start(&circus.control, limits(1_500), None).unwrap();
     client.call(Command::Status { name: None }).await.unwrap();
 
     circus.signal(libc::SIGSTOP);
@@ -123,7 +123,7 @@ async fn mutation_that_timed_out_on_a_frozen_circusd_never_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutations_retry_while_circusd_holds_its_lock() {
     let circus = Circusd::start();
-    let client = CircusClient::start(&circus.control, limits(15_000)).unwrap();
+    let client = CircusClient::start(&circus.control, limits(15_000), None).unwrap();
     // A process that ignores SIGTERM keeps a graceful stop (and circusd's lock) busy ~2 s.
     let stubborn = "trap '' TERM; while true; do sleep 0.1; done";
     let mut options = Map::new();

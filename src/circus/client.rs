@@ -19,6 +19,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus::HistogramVec;
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
@@ -71,6 +72,8 @@ struct Handle {
     wake: OwnedFd,
     limits: Limits,
     endpoint: String,
+    /// Round-trip durations by command (`circus_warden_circus_call_duration_seconds`).
+    timing: Option<HistogramVec>,
 }
 
 struct Call {
@@ -85,8 +88,8 @@ struct Call {
 }
 
 impl CircusClient {
-    /// Starts the actor thread for `endpoint`.
-    pub fn start(endpoint: &str, limits: Limits) -> std::io::Result<CircusClient> {
+    /// Starts the actor thread for `endpoint`; `timing` records each call's duration.
+    pub fn start(endpoint: &str, limits: Limits, timing: Option<HistogramVec>) -> std::io::Result<CircusClient> {
         // SAFETY: eventfd returns a new descriptor or -1; ownership passes to OwnedFd.
         let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if raw < 0 {
@@ -96,7 +99,7 @@ impl CircusClient {
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let actor = Actor::new(endpoint.to_string(), rx, wake.as_raw_fd());
         std::thread::Builder::new().name("circus-client".into()).spawn(move || actor.run())?;
-        Ok(CircusClient { inner: Arc::new(Handle { tx, wake, limits, endpoint: endpoint.to_string() }) })
+        Ok(CircusClient { inner: Arc::new(Handle { tx, wake, limits, endpoint: endpoint.to_string(), timing }) })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -111,6 +114,7 @@ impl CircusClient {
     /// `status`, `time` and `id` unless `status` carries a watcher state). Mutations that hit
     /// circusd's global lock are retried with doubling delays, within the mutation timeout.
     pub async fn call(&self, cmd: Command) -> Result<Value, CircusError> {
+        let _timer = self.inner.timing.as_ref().map(|h| h.with_label_values(&[cmd.verb()]).start_timer());
         let limits = self.inner.limits;
         let budget = if cmd.is_mutation() { limits.mutation } else { limits.read };
         let deadline = Instant::now() + budget;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{CircusClient, Command, WatcherName};
+use crate::metrics::Metrics;
 
 /// Recent events kept per watcher, for `diagnose_process`.
 const EVENTS_PER_WATCHER: usize = 32;
@@ -29,8 +30,41 @@ pub struct WatcherView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<Exit>,
     pub recent_events: VecDeque<Event>,
+    /// At least `crash_loop.restarts` restarts within `crash_loop.window_s`.
+    pub crash_looping: bool,
     #[serde(skip)]
     awaiting_respawn: u64,
+    /// Times of the latest restarts, at most `crash_loop.restarts` of them.
+    #[serde(skip)]
+    restart_times: VecDeque<f64>,
+}
+
+/// When a watcher counts as crash-looping.
+#[derive(Debug, Clone, Copy)]
+pub struct CrashLoop {
+    pub restarts: usize,
+    pub window_s: f64,
+}
+
+impl Default for CrashLoop {
+    fn default() -> Self {
+        CrashLoop { restarts: 5, window_s: 60.0 }
+    }
+}
+
+impl WatcherView {
+    fn restarted(&mut self, time: f64, rule: CrashLoop) {
+        self.restarts += 1;
+        self.restart_times.push_back(time);
+        while self.restart_times.len() > rule.restarts {
+            self.restart_times.pop_front();
+        }
+    }
+
+    fn evaluate(&mut self, now: f64, rule: CrashLoop) {
+        self.crash_looping = self.restart_times.len() >= rule.restarts
+            && self.restart_times.front().is_some_and(|first| now - first <= rule.window_s);
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
@@ -56,9 +90,22 @@ pub struct Event {
 #[derive(Clone, Default)]
 pub struct ProcessView {
     inner: Arc<Mutex<BTreeMap<String, WatcherView>>>,
+    metrics: Option<Metrics>,
+    crash_loop: CrashLoop,
 }
 
 impl ProcessView {
+    pub fn new(metrics: Option<Metrics>, crash_loop: CrashLoop) -> ProcessView {
+        ProcessView { inner: Arc::default(), metrics, crash_loop }
+    }
+
+    /// Records whether circusd answered the last reconcile.
+    pub fn set_up(&self, up: bool) {
+        if let Some(m) = &self.metrics {
+            m.circus_up.set(up as i64);
+        }
+    }
+
     pub fn get(&self, name: &str) -> Option<WatcherView> {
         self.inner.lock().expect("view lock").get(name).cloned()
     }
@@ -74,8 +121,12 @@ impl ProcessView {
         }
         if event == "remove" {
             map.remove(name);
+            if let Some(m) = &self.metrics {
+                m.forget_watcher(name);
+            }
             return;
         }
+        let rule = self.crash_loop;
         let w = map.entry(name.to_string()).or_default();
         let pid = body.get("process_pid").and_then(Value::as_u64).map(|p| p as u32);
         let exit_code = body.get("exit_code").and_then(Value::as_i64);
@@ -88,11 +139,19 @@ impl ProcessView {
                 }
                 if w.awaiting_respawn > 0 {
                     w.awaiting_respawn -= 1;
-                    w.restarts += 1;
+                    w.restarted(time, rule);
+                    self.count_restart(name);
                 }
+                self.count(|m| m.spawns.with_label_values(&[name]).inc());
             }
             "reap" => {
                 w.reaps += 1;
+                let class = match exit_code.unwrap_or(0) {
+                    0 => "ok",
+                    c if c > 0 => "error",
+                    _ => "signal",
+                };
+                self.count(|m| m.reaps.with_label_values(&[name, class]).inc());
                 if let Some(p) = pid {
                     w.pids.remove(&p);
                     w.last_exit = Some(Exit { pid: p, exit_code: exit_code.unwrap_or(0), time });
@@ -110,20 +169,43 @@ impl ProcessView {
                 w.state = "stopped".into();
                 w.awaiting_respawn = 0;
             }
-            "reload" => w.restarts += 1,
+            "reload" => {
+                w.restarted(time, rule);
+                self.count_restart(name);
+            }
             "add" => w.state = "stopped".into(),
             _ => {}
         }
+        w.evaluate(time, rule);
+        let looping = w.crash_looping;
         if w.recent_events.len() == EVENTS_PER_WATCHER {
             w.recent_events.pop_front();
         }
         w.recent_events.push_back(Event { time, event: event.to_string(), pid, exit_code });
+        self.count(|m| m.crash_looping.with_label_values(&[name]).set(looping as i64));
+    }
+
+    fn count(&self, f: impl FnOnce(&Metrics)) {
+        if let Some(m) = &self.metrics {
+            f(m);
+        }
+    }
+
+    fn count_restart(&self, name: &str) {
+        self.count(|m| m.restarts.with_label_values(&[name]).inc());
     }
 
     /// Replaces states and pids with what circusd reports; forgets watchers it no longer has.
     pub fn reconcile(&self, states: &BTreeMap<String, String>, pids: &BTreeMap<String, BTreeSet<u32>>) {
         let mut map = self.inner.lock().expect("view lock");
-        map.retain(|name, _| states.contains_key(name));
+        map.retain(|name, _| {
+            let keep = states.contains_key(name);
+            if !keep {
+                self.count(|m| m.forget_watcher(name));
+            }
+            keep
+        });
+        let now = now();
         for (name, state) in states {
             if !map.contains_key(name) && map.len() >= MAX_WATCHERS {
                 continue;
@@ -133,7 +215,16 @@ impl ProcessView {
             if let Some(p) = pids.get(name) {
                 w.pids = p.clone();
             }
+            w.evaluate(now, self.crash_loop);
+            let looping = w.crash_looping;
+            self.count(|m| m.crash_looping.with_label_values(&[name]).set(looping as i64));
         }
+        self.count(|m| {
+            m.watchers.reset();
+            for state in states.values() {
+                m.watchers.with_label_values(&[state]).inc();
+            }
+        });
     }
 }
 
@@ -204,8 +295,14 @@ pub async fn follow(
             }
         }
         match snapshot(&client).await {
-            Ok((states, pids)) => view.reconcile(&states, &pids),
-            Err(e) => tracing::debug!(error = %e, "reconcile skipped"),
+            Ok((states, pids)) => {
+                view.set_up(true);
+                view.reconcile(&states, &pids);
+            }
+            Err(e) => {
+                view.set_up(false);
+                tracing::debug!(error = %e, "reconcile skipped");
+            }
         }
     }
 }
@@ -290,6 +387,25 @@ mod tests {
         v.reconcile(&states, &pids);
         assert!(v.get("gone").is_none());
         assert_eq!(v.get("w").unwrap().pids, BTreeSet::from([3]));
+    }
+
+    #[test]
+    fn repeated_crashes_within_the_window_are_a_crash_loop() {
+        let m = Metrics::new();
+        let v = ProcessView::new(Some(m.clone()), CrashLoop { restarts: 3, window_s: 10.0 });
+        v.apply("watcher.w.start", &json!({"time": 0.0}));
+        for i in 0..3 {
+            let t = 1.0 + i as f64;
+            v.apply("watcher.w.reap", &json!({"process_pid": i, "exit_code": 1, "time": t}));
+            v.apply("watcher.w.spawn", &json!({"process_pid": i + 100, "time": t + 0.1}));
+        }
+        assert!(v.get("w").unwrap().crash_looping);
+        assert_eq!(m.crash_looping.with_label_values(&["w"]).get(), 1);
+        assert_eq!(m.reaps.with_label_values(&["w", "error"]).get(), 3);
+        assert_eq!(m.restarts.with_label_values(&["w"]).get(), 3);
+        // Long after the last restart, it no longer is.
+        v.apply("watcher.w.updated", &json!({"time": 100.0}));
+        assert!(!v.get("w").unwrap().crash_looping);
     }
 
     #[test]

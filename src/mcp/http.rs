@@ -1,6 +1,7 @@
 //! The HTTP edge on hyper: `/mcp` (rmcp's Streamable HTTP service behind bearer auth, a body
-//! cap and a session cap), `/healthz` and `/readyz`. Host and Origin checks against DNS
-//! rebinding are rmcp's, configured from `server.allowed_hosts` / `allowed_origins`.
+//! cap and a session cap), `/healthz`, `/readyz` and `/metrics`, plus the optional admin
+//! listener that serves only the last three. Host and Origin checks against DNS rebinding are
+//! rmcp's, configured from `server.allowed_hosts` / `allowed_origins`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tower_service::Service as _;
 use super::{Identity, Server};
 use crate::circus::{CircusClient, Command};
 use crate::config::ServerConfig;
+use crate::metrics::Metrics;
 
 /// The request head rmcp hands to handlers (they find [`Identity`] in its extensions).
 pub type Parts = http::request::Parts;
@@ -31,6 +33,8 @@ type Body = BoxBody<Bytes, Infallible>;
 
 /// A client has this long to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections at once on the admin listener.
+const ADMIN_CONNECTIONS: usize = 16;
 
 /// Bearer tokens, stored as SHA-256 digests so comparison time does not depend on length or
 /// on how much of a token matches.
@@ -56,11 +60,59 @@ struct Edge {
     tokens: Tokens,
     max_body: usize,
     max_sessions: usize,
+    probes: Probes,
+}
+
+/// `/healthz`, `/readyz` and `/metrics`: unauthenticated, read-only, served on both listeners.
+#[derive(Clone)]
+struct Probes {
     circus: CircusClient,
+    metrics: Metrics,
+}
+
+impl Probes {
+    async fn answer(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+        if req.method() != Method::GET {
+            return None;
+        }
+        Some(match req.uri().path() {
+            "/healthz" => plain(StatusCode::OK, "ok"),
+            "/readyz" => match self.circus.call(Command::Status { name: None }).await {
+                Ok(_) => plain(StatusCode::OK, "ready: circusd answers"),
+                Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {e}")),
+            },
+            "/metrics" => {
+                let mut r = Response::new(Full::new(Bytes::from(self.metrics.encode())).boxed());
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                r
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// Serves only the probes and metrics on `listener` until `stop` is cancelled.
+pub async fn serve_admin(listener: TcpListener, metrics: Metrics, circus: CircusClient, stop: CancellationToken) {
+    let probes = Probes { circus, metrics };
+    accept_loop(listener, ADMIN_CONNECTIONS, stop, move |req| {
+        let probes = probes.clone();
+        async move { probes.answer(&req).await.unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "not found")) }
+    })
+    .await
 }
 
 /// Serves HTTP on `listener` until `stop` is cancelled.
-pub async fn serve(server: Server, cfg: &ServerConfig, circus: CircusClient, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    server: Server,
+    cfg: &ServerConfig,
+    circus: CircusClient,
+    metrics: Metrics,
+    listener: TcpListener,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let sessions = Arc::new(LocalSessionManager::default());
     let mcp_config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(cfg.allowed_hosts.clone())
@@ -77,12 +129,27 @@ pub async fn serve(server: Server, cfg: &ServerConfig, circus: CircusClient, lis
         ),
         max_body: cfg.max_body_bytes,
         max_sessions: cfg.max_sessions,
-        circus,
+        probes: Probes { circus, metrics },
     });
-    let connections = Arc::new(Semaphore::new(cfg.max_connections));
+    accept_loop(listener, cfg.max_connections, stop, move |req| {
+        let edge = edge.clone();
+        async move { edge.route(req).await }
+    })
+    .await;
+    Ok(())
+}
+
+/// Accepts connections (at most `limit` open; more are closed at once) and serves each with
+/// `handle` until `stop` is cancelled. Request heads must arrive within [`HEADER_READ_TIMEOUT`].
+async fn accept_loop<F, Fut>(listener: TcpListener, limit: usize, stop: CancellationToken, handle: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    let connections = Arc::new(Semaphore::new(limit));
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -96,13 +163,13 @@ pub async fn serve(server: Server, cfg: &ServerConfig, circus: CircusClient, lis
             tracing::warn!(%peer, "connection limit reached; closing the new connection");
             continue;
         };
-        let edge = edge.clone();
+        let handle = handle.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
-                let edge = edge.clone();
-                async move { Ok::<_, Infallible>(edge.route(req).await) }
+                let fut = handle(req);
+                async move { Ok::<_, Infallible>(fut.await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
@@ -124,12 +191,13 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
 
 impl Edge {
     async fn route(&self, mut req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == "/metrics" {
+            self.probes.metrics.http_sessions.set(self.sessions.sessions.read().await.len() as i64);
+        }
+        if let Some(r) = self.probes.answer(&req).await {
+            return r;
+        }
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/healthz") => plain(StatusCode::OK, "ok"),
-            (&Method::GET, "/readyz") => match self.circus.call(Command::Status { name: None }).await {
-                Ok(_) => plain(StatusCode::OK, "ready: circusd answers"),
-                Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {e}")),
-            },
             (_, "/mcp") => {
                 if let Err(r) = self.admit(&mut req).await {
                     return r;

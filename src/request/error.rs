@@ -20,6 +20,21 @@ pub enum ErrorKind {
     Busy,
 }
 
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArguments => "invalid_arguments",
+            ErrorKind::Denied => "denied",
+            ErrorKind::UnknownTool => "unknown_tool",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::CircusError => "circus_error",
+            ErrorKind::CircusUnavailable => "circus_unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Busy => "busy",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ToolError {
     pub kind: ErrorKind,

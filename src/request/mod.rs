@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use crate::circus::events::ProcessView;
 use crate::circus::CircusClient;
+use crate::metrics::Metrics;
 
 pub use error::{ErrorKind, ToolError};
 pub use gate::Gate;
@@ -21,4 +22,5 @@ pub struct Warden {
     pub client: CircusClient,
     pub view: ProcessView,
     pub gate: Arc<Gate>,
+    pub metrics: Metrics,
 }

@@ -14,11 +14,15 @@ pub fn check(w: &Warden, tool: &str, req: &Request) -> Result<Command, ToolError
     match w.gate.decide(req, &facts) {
         Decision::Allow(cmd) => {
             tracing::info!(target: "audit", tool, decision = "allow", command = cmd.verb(), "gate decision");
+            w.metrics.decisions.with_label_values(&[tool, "allow", "allow"]).inc();
             Ok(cmd)
         }
         Decision::Deny(violations) => {
             let rules: Vec<&str> = violations.iter().map(|v| v.rule).collect();
             tracing::info!(target: "audit", tool, decision = "deny", ?rules, "gate decision");
+            for rule in &rules {
+                w.metrics.decisions.with_label_values(&[tool, "deny", rule]).inc();
+            }
             Err(ToolError::denied(violations))
         }
     }

@@ -81,6 +81,18 @@ pub fn find(name: &str) -> Option<&'static ToolSpec> {
 
 /// Runs one tool. Every failure, including an unknown tool, is a [`ToolError`].
 pub async fn call(w: &Warden, name: &str, args: Option<Map<String, Value>>) -> Result<Value, ToolError> {
+    let result = dispatch(w, name, args).await;
+    // Unknown names share one label value, so callers cannot mint series.
+    let tool = find(name).map_or("unknown", |t| t.name);
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.kind.as_str(),
+    };
+    w.metrics.tool_calls.with_label_values(&[tool, outcome]).inc();
+    result
+}
+
+async fn dispatch(w: &Warden, name: &str, args: Option<Map<String, Value>>) -> Result<Value, ToolError> {
     let args = Value::Object(args.unwrap_or_default());
     match name {
         "add_process" => to_value(mutate::add(w, decode(args)?).await?),
