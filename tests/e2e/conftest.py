@@ -4,7 +4,7 @@ Owns: real circusd instances (module- and function-scoped, private ipc:// endpoi
 the `circus_call` raw-DEALER helper (re-exported from harness), warden launches over stdio
 (MCP SDK stdio client) and over Streamable HTTP (SDK client on /mcp), the `mcp` fixture
 parametrized over both transports, and per-test capture of the warden's stderr
-(slices written to target/e2e-logs/, and appended to the report of a failing test).
+(slices written to target/e2e-logs/run-*/ (latest: target/e2e-logs/latest), and appended to the report of a failing test).
 The process/ZMQ/MCP plumbing itself lives in harness.py.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,13 +33,27 @@ from harness import (  # noqa: F401 - circus_call is re-exported for tests
     warden_bin,
 )
 
-ARTIFACTS = REPO / "target" / "e2e-logs"
+# One directory per run (concurrent runs in one checkout must not clobber each other's logs);
+# target/e2e-logs/latest points at the newest, and only the last few runs are kept.
+LOG_ROOT = REPO / "target" / "e2e-logs"
+ARTIFACTS = LOG_ROOT / f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 KEEP = os.environ.get("E2E_KEEP") == "1"
+KEEP_RUNS = 5
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    LOG_ROOT.mkdir(parents=True, exist_ok=True)
+    runs = sorted(p for p in LOG_ROOT.glob("run-*") if p.is_dir())
+    for old in runs[:-(KEEP_RUNS - 1)] if len(runs) >= KEEP_RUNS else []:
+        shutil.rmtree(old, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    latest = LOG_ROOT / "latest"
+    try:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(ARTIFACTS.name)
+    except OSError:
+        pass
     Warden.log_dir = ARTIFACTS / "wardens"
     if not os.path.exists(warden_bin()):
         raise pytest.UsageError(f"warden binary not found: {warden_bin()} (set CIRCUS_WARDEN_BIN or run cargo build --release)")
@@ -93,7 +108,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 @pytest.fixture(autouse=True)
 def _warden_stderr_per_test(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Write each live warden's stderr produced during this test to target/e2e-logs/<test>--<label>.log."""
+    """Write each live warden's stderr produced during this test to <run dir>/<test>--<label>.log."""
     yield
     start = getattr(request.node, "_warden_log_start", {})
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.nodeid)[-150:]

@@ -348,8 +348,22 @@ class Circusd:
         self.proc.wait(10)
         kill_pids(kids)
 
-    def sigstop(self) -> None:
+    def sigstop(self, timeout: float = 5.0) -> None:
+        """SIGSTOP circusd and wait until every thread is really stopped.
+
+        kill() returns before a group stop completes: until the thread that dequeues SIGSTOP
+        runs, the others (libzmq's I/O thread included) keep going, which on a loaded box is
+        long enough to finish a ZMTP handshake. Poll /proc until all tasks are in state T."""
         os.kill(self.pid, signal.SIGSTOP)
+
+        def all_stopped() -> bool:
+            states = []
+            for task in Path(f"/proc/{self.pid}/task").iterdir():
+                stat = (task / "stat").read_text()
+                states.append(stat.rsplit(")", 1)[1].split()[0])
+            return bool(states) and all(s in ("T", "t") for s in states)
+
+        wait_for(all_stopped, timeout, 0.005, "circusd fully stopped")
 
     def sigcont(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -640,6 +654,8 @@ class McpClient:
         from mcp.client.stdio import stdio_client
 
         def open_transport():
+            if errlog_path:
+                errlog_path.parent.mkdir(parents=True, exist_ok=True)
             errlog = open(errlog_path, "a") if errlog_path else open(os.devnull, "w")
 
             @contextlib.asynccontextmanager
