@@ -17,5 +17,6 @@ pub mod circus;
 pub mod config;
 pub mod mcp;
 pub mod metrics;
+pub mod policy;
 pub mod request;
 pub mod serve;

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub restarts: IntCounterVec,
     pub crash_looping: IntGaugeVec,
     pub http_sessions: IntGauge,
+    pub policy_reloads: IntCounterVec,
+    pub policy_info: IntGaugeVec,
+    pub audit_write_failures: prometheus::IntCounter,
+    pub rate_limited: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -86,6 +90,14 @@ impl Metrics {
                 &["watcher"],
             ),
             http_sessions: gauge(&r, "http_sessions", "Open Streamable HTTP sessions."),
+            policy_reloads: counter(&r, "policy_reloads_total", "Policy reloads by result (success or failure).", &["result"]),
+            policy_info: gauge_vec(&r, "policy_info", "The active policy's generation and SHA-256 (always 1).", &["generation", "hash"]),
+            audit_write_failures: register(
+                &r,
+                prometheus::IntCounter::with_opts(opts("audit_write_failures_total", "Audit records that could not be written."))
+                    .expect("valid metric"),
+            ),
+            rate_limited: counter(&r, "rate_limited_total", "Mutating calls refused by an identity's rate limit.", &["identity", "tool"]),
             registry: r,
         }
     }

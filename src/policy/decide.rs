@@ -1,0 +1,320 @@
+//! The decision: a pure function of the compiled policy, the request and the gathered facts.
+//! The order is written as one short chain so that a reader can audit it; every check that
+//! fails adds a violation, and any violation means deny.
+
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use super::compile::{env_denied, Identity, Policy, Program, WatcherScope};
+use super::{Action, AddRequest, Decision, Facts, Request, Violation, OWNER_ENV};
+use crate::circus::{signal_number, Command, WatcherName};
+
+const MAX_COMMAND_BYTES: usize = 4096;
+const MAX_ENV_NAME_BYTES: usize = 128;
+/// `graceful_timeout` sent when the policy gives no default (circus's own is 30 s).
+const DEFAULT_GRACEFUL_TIMEOUT: u32 = 10;
+
+pub fn decide(policy: &Policy, req: &Request, facts: &Facts) -> Decision {
+    let tool = req.action.tool();
+    // 1. Only identities the policy names may do anything.
+    let Some(id) = policy.identities.get(&req.identity) else {
+        return Decision::deny(vec![Violation::new("identity", "identity.unknown", format!(
+            "identity {:?} is not in the policy", req.identity))]);
+    };
+    // 2. The identity must be allowed this tool.
+    if !id.tools.is_match(tool) {
+        return Decision::deny(vec![Violation::new("tool", "tool.not_allowed", format!(
+            "identity {:?} may not call {tool}", req.identity))]);
+    }
+    let mut rules = vec![format!("identity:{}", req.identity), format!("tool:{tool}")];
+    let mut v = Vec::new();
+    // 3. Each action's own checks; reads need nothing more.
+    let command = match &req.action {
+        Action::Read { .. } => None,
+        Action::Add(add) => decide_add(policy, id, &req.identity, add, facts, &mut rules, &mut v),
+        other => {
+            let name = existing(policy, id, &req.identity, other.target().unwrap_or_default(), facts, &mut rules, &mut v);
+            name.and_then(|name| match other {
+                Action::Start { .. } => Some(Command::Start { name }),
+                Action::Stop { .. } => Some(Command::Stop { name }),
+                Action::Restart { .. } => Some(Command::Restart { name }),
+                Action::Reload { .. } => Some(Command::Reload { name }),
+                Action::Remove { .. } => Some(Command::Rm { name }),
+                Action::Scale { num_processes, .. } => scale(policy, name, *num_processes, facts, &mut v),
+                Action::Signal { signal, .. } => match signal_number(signal) {
+                    Some((n, num)) if id.signals.contains(&n) => Some(Command::Signal { name, signum: num }),
+                    _ => {
+                        v.push(Violation::new("signal", "signal.not_allowed", format!("allowed signals: {}", id.signals.join(", "))));
+                        None
+                    }
+                },
+                Action::Add(_) | Action::Read { .. } => None,
+            })
+        }
+    };
+    // 4. Any violation denies; an allowed mutation must have produced its command.
+    if !v.is_empty() {
+        return Decision::deny(v);
+    }
+    if req.action.mutates() && command.is_none() {
+        return Decision::deny(vec![Violation::new("request", "policy.internal", "the request could not be checked")]);
+    }
+    Decision { allow: true, rules, violations: Vec::new(), command }
+}
+
+/// The name of a watcher the identity may act on, or violations.
+fn existing(policy: &Policy, id: &Identity, identity: &str, raw: &str, facts: &Facts, rules: &mut Vec<String>, v: &mut Vec<Violation>) -> Option<WatcherName> {
+    let name = valid_name(policy, raw, v)?;
+    let target = facts.target.clone().unwrap_or_default();
+    if !target.exists {
+        v.push(Violation::new("name", "watcher.not_found", format!("no watcher named {name:?}")));
+        return None;
+    }
+    let allowed = match &id.watchers {
+        WatcherScope::Any => true,
+        WatcherScope::Owned => target.owner.as_deref() == Some(identity),
+        WatcherScope::Names(globs, _) => globs.is_match(name.as_str()),
+    };
+    if !allowed {
+        let scope = match &id.watchers {
+            WatcherScope::Owned => "watchers it created".to_string(),
+            WatcherScope::Names(_, shown) => format!("watchers named {shown}"),
+            WatcherScope::Any => "any unprotected watcher".to_string(),
+        };
+        v.push(Violation::new("name", "watcher.scope", format!("identity {identity:?} may act only on {scope}")));
+        return None;
+    }
+    rules.push(format!("watchers:{}", match id.watchers { WatcherScope::Owned => "owned", WatcherScope::Any => "any", WatcherScope::Names(..) => "names" }));
+    Some(name)
+}
+
+fn valid_name(policy: &Policy, raw: &str, v: &mut Vec<Violation>) -> Option<WatcherName> {
+    let Some(name) = WatcherName::parse(raw) else {
+        v.push(Violation::new("name", "name.syntax", format!("watcher names are {}", WatcherName::RULE)));
+        return None;
+    };
+    if policy.protected.contains(name.as_str()) {
+        v.push(Violation::new("name", "name.protected", format!("watcher {name:?} is protected")));
+        return None;
+    }
+    Some(name)
+}
+
+fn scale(policy: &Policy, name: WatcherName, n: u32, facts: &Facts, v: &mut Vec<Violation>) -> Option<Command> {
+    let current = facts.target.as_ref().map_or(0, |t| t.num_processes);
+    let cap = policy.limits.max_processes;
+    if n == 0 || n > cap {
+        v.push(Violation::new("num_processes", "processes.per_watcher", format!("must be between 1 and {cap}")));
+        return None;
+    }
+    let total = facts.total_processes.saturating_sub(current) + n;
+    if total > policy.limits.max_total_processes {
+        v.push(Violation::new("num_processes", "processes.total", format!(
+            "would run {total} processes in all; the limit is {}", policy.limits.max_total_processes)));
+        return None;
+    }
+    Some(if n >= current { Command::Incr { name, nb: n - current } } else { Command::Decr { name, nb: current - n } })
+}
+
+/// No control characters (NUL, newline…) and none of circus's expansion syntax, which circus
+/// expands after any check: `$(…)`, `((…))`, `$WID`.
+pub fn check_text(field: &str, s: &str, max: usize, v: &mut Vec<Violation>) {
+    if s.len() > max {
+        v.push(Violation::new(field, "text.length", format!("at most {max} bytes")));
+    }
+    if s.chars().any(char::is_control) {
+        v.push(Violation::new(field, "text.control", "control characters (NUL, newline, …) are not allowed"));
+    }
+    if s.contains("$(") || s.contains("((") || s.contains("$WID") {
+        v.push(Violation::new(field, "text.expansion", "circus expansion syntax ($(…), ((…)), $WID) is not allowed"));
+    }
+}
+
+/// Quotes `s` so that Python's `shlex.split` yields exactly `[s]`.
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b));
+    if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r#"'"'"'"#)) }
+}
+
+fn within(path: &Path, roots: &[std::path::PathBuf]) -> bool {
+    roots.iter().any(|root| path.starts_with(root))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, facts: &Facts, rules: &mut Vec<String>, v: &mut Vec<Violation>) -> Option<Command> {
+    let lim = &policy.limits;
+    // Name: valid, allowed by the policy's patterns, free, and room for one more watcher.
+    let name = valid_name(policy, &add.name, v);
+    if let Some(n) = &name {
+        if !policy.names.is_match(n.as_str()) {
+            v.push(Violation::new("name", "name.pattern", "the name does not match the policy's watcher name patterns"));
+        }
+        if facts.target.as_ref().is_some_and(|t| t.exists) {
+            v.push(Violation::new("name", "name.exists", format!("a watcher named {n:?} exists already")));
+        }
+    }
+    if facts.watchers >= lim.max_watchers {
+        v.push(Violation::new("name", "watchers.max", format!("circusd holds {} watchers; the limit is {}", facts.watchers, lim.max_watchers)));
+    }
+
+    // Command: plain text, resolved by the warden, allowlisted for this identity.
+    check_text("command", &add.command, MAX_COMMAND_BYTES, v);
+    if add.command.contains(['*', '?', '[', ']', '{', '}']) {
+        v.push(Violation::new("command", "command.glob", "glob characters are not allowed in a command"));
+    }
+    let program = match &facts.command {
+        Some(Ok(path)) => {
+            let path_str = path.to_string_lossy();
+            check_text("command", &path_str, MAX_COMMAND_BYTES, v);
+            let found = policy.program_paths.matches(path.as_path()).into_iter().map(|i| &policy.programs[i]).find(|p| id.programs.is_match(&p.id));
+            if found.is_none() {
+                let mut allowed: Vec<&str> = policy.programs.iter().filter(|p| id.programs.is_match(&p.id)).map(|p| p.path_glob.as_str()).collect();
+                allowed.sort_unstable();
+                v.push(Violation::new("command", "command.not_allowed", format!(
+                    "{} resolves to {path_str}, which this identity may not run; allowed: {}",
+                    add.command, if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") })));
+            }
+            found.map(|p| (p, path))
+        }
+        Some(Err(why)) => {
+            v.push(Violation::new("command", "command.resolve", format!("{}: {why}", add.command)));
+            None
+        }
+        None => {
+            v.push(Violation::new("command", "command.resolve", "the command was not resolved"));
+            None
+        }
+    };
+
+    // Arguments: plain text, and the program's shape.
+    for (i, a) in add.args.iter().enumerate() {
+        check_text(&format!("args[{i}]"), a, lim.max_arg_bytes as usize, v);
+    }
+    let argv = program.map(|(p, _)| p.args.check(&add.args, &facts.paths, v));
+
+    // Working directory: optional unless required; canonical, existing, inside a root.
+    let roots: Vec<std::path::PathBuf> = policy.working_dirs.iter().chain(program.iter().flat_map(|(p, _)| p.working_dirs.iter())).cloned().collect();
+    let working_dir = match (&add.working_dir, &facts.working_dir) {
+        (None, _) => {
+            if program.is_some_and(|(p, _)| p.require_working_dir) {
+                v.push(Violation::new("working_dir", "working_dir.required", "this program needs a working_dir"));
+            }
+            None
+        }
+        (Some(raw), Some(Ok(dir))) if within(dir, &roots) => {
+            check_text("working_dir", &dir.to_string_lossy(), MAX_COMMAND_BYTES, v);
+            let _ = raw;
+            Some(dir.clone())
+        }
+        (Some(raw), Some(Ok(dir))) => {
+            let shown = roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
+            v.push(Violation::new("working_dir", "working_dir.roots", format!(
+                "{raw} resolves to {}, outside the allowed roots: {}", dir.display(), if shown.is_empty() { "none".into() } else { shown })));
+            None
+        }
+        (Some(raw), Some(Err(why))) => {
+            v.push(Violation::new("working_dir", "working_dir.resolve", format!("{raw}: {why}")));
+            None
+        }
+        (Some(_), None) => {
+            v.push(Violation::new("working_dir", "working_dir.resolve", "the working directory was not resolved"));
+            None
+        }
+    };
+
+    // Environment: names allowed explicitly; code-loading families never; values plain.
+    if add.env.len() > lim.max_env as usize {
+        v.push(Violation::new("env", "env.count", format!("at most {} variables", lim.max_env)));
+    }
+    for (k, val) in &add.env {
+        let field = format!("env.{k}");
+        let b = k.as_bytes();
+        let syntax = !b.is_empty() && b.len() <= MAX_ENV_NAME_BYTES && (b[0].is_ascii_alphabetic() || b[0] == b'_') && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        if !syntax {
+            v.push(Violation::new(&field, "env.name", "names are [A-Za-z_][A-Za-z0-9_]*, at most 128 bytes"));
+        } else if env_denied(k) {
+            v.push(Violation::new(&field, "env.denied", "this variable loads code or redirects trust and is never allowed"));
+        } else if !policy.env.contains(k) && !program.is_some_and(|(p, _)| p.env.contains(k)) {
+            v.push(Violation::new(&field, "env.not_allowed", "not an allowed variable for this program"));
+        }
+        check_text(&field, val, lim.max_env_value_bytes as usize, v);
+    }
+
+    // Circus options: only the policy's allowlist, within bounds.
+    let mut options = Map::new();
+    for (key, bound) in &policy.options {
+        if let Some(d) = &bound.default {
+            options.insert(key.clone(), d.clone());
+        }
+    }
+    for (key, value) in &add.options {
+        let field = format!("options.{key}");
+        let Some(bound) = policy.options.get(key) else {
+            let allowed: Vec<&str> = policy.options.keys().map(String::as_str).collect();
+            v.push(Violation::new(&field, "options.not_allowed", format!(
+                "allowed options: {}", if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") })));
+            continue;
+        };
+        let ok = match (bound.numeric, value) {
+            (true, Value::Number(n)) => n.as_f64().is_some_and(|x| x >= bound.min.unwrap_or(0.0) && bound.max.is_none_or(|m| x <= m)),
+            (false, Value::Bool(_)) => key != "stop_signal",
+            (false, Value::String(s)) => key == "stop_signal" && signal_number(s).is_some(),
+            _ => false,
+        };
+        if !ok {
+            let range = match (bound.min, bound.max) {
+                (Some(lo), Some(hi)) => format!("a number from {lo} to {hi}"),
+                (None, Some(hi)) => format!("a number up to {hi}"),
+                _ if bound.numeric => "a non-negative number".to_string(),
+                _ if key == "stop_signal" => "a signal name".to_string(),
+                _ => "true or false".to_string(),
+            };
+            v.push(Violation::new(&field, "options.bound", format!("must be {range}")));
+            continue;
+        }
+        let sent = match (key.as_str(), value) {
+            ("stop_signal", Value::String(s)) => json!(signal_number(s).map_or(15, |(_, n)| n)),
+            _ => value.clone(),
+        };
+        options.insert(key.clone(), sent);
+    }
+
+    // Processes: per watcher and in all.
+    let cap = program.map_or(lim.max_processes, |(p, _)| p.max_processes);
+    if add.num_processes == 0 || add.num_processes > cap {
+        v.push(Violation::new("num_processes", "processes.per_watcher", format!("must be between 1 and {cap}")));
+    } else if facts.total_processes + add.num_processes > lim.max_total_processes {
+        v.push(Violation::new("num_processes", "processes.total", format!(
+            "would run {} processes in all; the limit is {}", facts.total_processes + add.num_processes, lim.max_total_processes)));
+    }
+
+    if !v.is_empty() {
+        return None;
+    }
+    let (name, (program, path), argv) = (name?, program?, argv?);
+    rules.push(format!("program:{}", program.id));
+    Some(build_add(name, program, path, argv, working_dir, &add.env, options, identity, add))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_add(name: WatcherName, program: &Program, path: &Path, argv: Vec<String>, working_dir: Option<std::path::PathBuf>,
+    env: &std::collections::BTreeMap<String, String>, mut options: Map<String, Value>, identity: &str, add: &AddRequest) -> Command {
+    let mut env: Map<String, Value> = env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    env.insert(OWNER_ENV.into(), json!(identity));
+    options.entry("graceful_timeout").or_insert(json!(DEFAULT_GRACEFUL_TIMEOUT));
+    options.insert("numprocesses".into(), json!(add.num_processes));
+    options.insert("copy_env".into(), json!(false));
+    options.insert("shell".into(), json!(false));
+    options.insert("stop_children".into(), json!(true));
+    options.insert("close_child_stdin".into(), json!(true));
+    options.insert("env".into(), Value::Object(env));
+    if let Some(dir) = working_dir {
+        options.insert("working_dir".into(), json!(dir.to_string_lossy()));
+    }
+    if let Some((uid, gid)) = program.run_as {
+        options.insert("uid".into(), json!(uid));
+        options.insert("gid".into(), json!(gid));
+    }
+    Command::Add { name, cmd: shell_quote(&path.to_string_lossy()), args: argv, options, start: add.start }
+}

@@ -1,0 +1,186 @@
+//! The policy engine: a YAML policy compiled once into a pure value, and
+//! `decide(policy, request, facts) -> Decision` with no I/O. Deny is the default and every
+//! error. Filesystem and circusd facts are gathered before `decide` by the caller
+//! ([`crate::request::gate`]); an allowed decision carries the exact [`Command`] to send.
+//!
+//! - [`model`]: the file format people write; [`compile`]: checking and compiling it;
+//! - [`decide`]: the decision order; [`args`]: argument shapes;
+//! - [`cases`]: YAML test cases (`circus-warden policy test`); [`reload`]: hot reload.
+
+pub mod args;
+pub mod cases;
+pub mod compile;
+pub mod decide;
+pub mod facts;
+pub mod model;
+pub mod reload;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::circus::Command;
+
+pub use compile::{CompileError, Policy};
+
+/// The env variable that marks which identity created a watcher. circusd keeps it in the
+/// watcher's options, so ownership survives warden restarts; requests can never set it.
+pub const OWNER_ENV: &str = "CIRCUS_WARDEN_OWNER";
+
+/// One failed check: which field, which rule, and what would have been allowed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub field: String,
+    pub rule: String,
+    pub message: String,
+}
+
+impl Violation {
+    pub fn new(field: impl Into<String>, rule: &str, message: impl Into<String>) -> Violation {
+        Violation { field: field.into(), rule: rule.to_string(), message: message.into() }
+    }
+}
+
+/// A request as the policy sees it: who, which tool, and the decoded arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub identity: String,
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// What the caller wants. Reads carry only the tool name; mutations carry their arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "tool", content = "arguments", rename_all = "snake_case")]
+pub enum Action {
+    #[serde(rename = "add_process")]
+    Add(AddRequest),
+    #[serde(rename = "start_process")]
+    Start { name: String },
+    #[serde(rename = "stop_process")]
+    Stop { name: String },
+    #[serde(rename = "restart_process")]
+    Restart { name: String },
+    #[serde(rename = "reload_process")]
+    Reload { name: String },
+    #[serde(rename = "remove_process")]
+    Remove { name: String },
+    #[serde(rename = "scale_process")]
+    Scale { name: String, num_processes: u32 },
+    #[serde(rename = "signal_process")]
+    Signal { name: String, signal: String },
+    /// A read-only tool (list, status, stats, explain): only the tool allowlist applies.
+    #[serde(rename = "read")]
+    Read { tool: String },
+}
+
+impl Action {
+    pub fn tool(&self) -> &str {
+        match self {
+            Action::Add(_) => "add_process",
+            Action::Start { .. } => "start_process",
+            Action::Stop { .. } => "stop_process",
+            Action::Restart { .. } => "restart_process",
+            Action::Reload { .. } => "reload_process",
+            Action::Remove { .. } => "remove_process",
+            Action::Scale { .. } => "scale_process",
+            Action::Signal { .. } => "signal_process",
+            Action::Read { tool } => tool,
+        }
+    }
+
+    /// The existing watcher the action targets (for ownership and counts).
+    pub fn target(&self) -> Option<&str> {
+        match self {
+            Action::Add(a) => Some(&a.name),
+            Action::Start { name }
+            | Action::Stop { name }
+            | Action::Restart { name }
+            | Action::Reload { name }
+            | Action::Remove { name }
+            | Action::Scale { name, .. }
+            | Action::Signal { name, .. } => Some(name),
+            Action::Read { .. } => None,
+        }
+    }
+
+    pub fn mutates(&self) -> bool {
+        !matches!(self, Action::Read { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddRequest {
+    pub name: String,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "one")]
+    pub num_processes: u32,
+    #[serde(default = "yes")]
+    pub start: bool,
+    /// Circus options, checked against the policy's `options` allowlist.
+    #[serde(default)]
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+fn one() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// What the world looks like, gathered before the decision (filesystem and circusd).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Facts {
+    /// The command resolved through the policy's search path and canonicalised.
+    pub command: Option<Result<PathBuf, String>>,
+    /// The canonical working directory, or why there is none.
+    pub working_dir: Option<Result<PathBuf, String>>,
+    /// Canonical forms of the path-like strings in the arguments (keyed by the raw string).
+    pub paths: HashMap<String, Result<PathBuf, String>>,
+    /// The watcher the request names, as circusd reports it.
+    pub target: Option<Target>,
+    /// Watchers circusd holds now.
+    pub watchers: u32,
+    /// Processes across all watchers now.
+    pub total_processes: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Target {
+    pub exists: bool,
+    /// The identity that created it (from [`OWNER_ENV`]); none for ini-defined watchers.
+    pub owner: Option<String>,
+    pub num_processes: u32,
+}
+
+/// The outcome of [`decide::decide`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub allow: bool,
+    /// The rule ids that fired: for an allow, the rules that allowed it; for a denial, the
+    /// rules whose checks failed.
+    pub rules: Vec<String>,
+    /// Every failed check (empty when allowed).
+    pub violations: Vec<Violation>,
+    /// The exact command to send (mutations only, and only when allowed).
+    pub command: Option<Command>,
+}
+
+impl Decision {
+    pub fn deny(violations: Vec<Violation>) -> Decision {
+        let mut rules: Vec<String> = violations.iter().map(|v| v.rule.clone()).collect();
+        rules.dedup();
+        Decision { allow: false, rules, violations, command: None }
+    }
+}
