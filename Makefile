@@ -64,3 +64,31 @@ bench: venv build
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Deployment artefacts (Dockerfile, charts/circus-warden), not part of `test`:
+#   test-deploy     lint, schema, kubernetes-validate, checkov, hadolint, promtool rule tests and
+#                   a local boot of the rendered pod driven over MCP (tests/deploy/run.sh);
+#   test-container  builds the Dockerfile for real with a local Docker engine and runs the image
+#                   (tests/deploy/container_smoke.sh; root, apt, several minutes).
+# Their tools live in .tools/deploy-venv (pinned in tests/deploy/requirements.txt): checkov
+# needs packaging<24, pytest 9 in .venv needs >=24. promtool comes from apt (`prometheus`).
+DEPLOY_VENV  := $(CURDIR)/.tools/deploy-venv
+DEPLOY_STAMP := $(DEPLOY_VENV)/.stamp
+DEPLOY_REQS  := tests/deploy/requirements.txt
+
+.PHONY: deploy-tools test-deploy test-container
+deploy-tools: $(DEPLOY_STAMP)
+$(DEPLOY_STAMP): $(DEPLOY_REQS)
+	@if ! test -x $(DEPLOY_VENV)/bin/python; then \
+	  $(PYTHON) -m venv $(DEPLOY_VENV) || { rm -rf $(DEPLOY_VENV) && $(PYTHON) -m venv --without-pip $(DEPLOY_VENV) && \
+	    $(PYTHON) -m pip --python $(DEPLOY_VENV)/bin/python install --disable-pip-version-check -q pip; }; \
+	fi
+	$(DEPLOY_VENV)/bin/python -m pip install --disable-pip-version-check -q -r $(DEPLOY_REQS)
+	@touch $@
+
+test-deploy: venv deploy-tools build
+	@command -v promtool >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }
+	tests/deploy/run.sh
+
+test-container: venv deploy-tools
+	tests/deploy/container_smoke.sh

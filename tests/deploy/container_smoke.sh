@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# tests/deploy/container_smoke.sh -- builds the real Dockerfile with a local Docker engine and
+# runs the image three ways (owned by the deployment artefacts; run by `make test-container`):
+#   1. `circus-warden --version` and `circusd --version`;
+#   2. standalone embedded mode (`circus-warden serve`, circusd started by the warden), as the
+#      chart's security context would run it (read-only root, tmpfs /tmp, no capabilities,
+#      uid 10001) on a loopback port with --network host; /readyz must answer 200;
+#   3. the chart's pod layout: two containers of the image, `circusd /etc/circus/circus.ini`
+#      and `circus-warden serve --config ...` with the files rendered by the chart, sharing
+#      only a /run/circus directory (the ipc sockets, 0700, uid 10001); /readyz must answer
+#      200 and the circusd liveness probe command must pass.
+#
+# No image can be pulled here, so the two base images the Dockerfile names are stand-ins built
+# locally with mmdebstrap and `docker import`ed under the exact tags:
+#   debian:bookworm-slim  Debian bookworm minbase (what the official slim image is made of);
+#   rust:1-bookworm       bookworm minbase + gcc/g++/libc6-dev/make + this machine's Rust
+#                         toolchain (rustc --print sysroot) in /usr/local/cargo, like the
+#                         official image's layout.
+# So the Dockerfile itself is unchanged and every stage runs for real (cargo build --locked
+# fetches crates from crates.io, pip installs circus from PyPI, apt installs from Debian;
+# the build uses --network host because dockerd runs with --bridge=none). Both stand-ins also
+# carry this machine's extra CA certificates (/usr/local/share/ca-certificates, needed behind
+# its TLS-inspecting egress) and its apt options (a snapshot mirror with expired Release
+# dates): environment, not image content, documented here so nobody mistakes them for it.
+#
+# Starts dockerd (--iptables=false --bridge=none) only if none answers, and stops what it
+# started. Every wait is bounded. Prints the duration of each step.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+IMAGE=${IMAGE:-circus-warden:smoke}
+VPY=${VPY:-$ROOT/.venv/bin/python}
+HELM=${HELM:-$ROOT/.tools/deploy-venv/bin/helm}
+WORK=$(mktemp -d /tmp/cw-container.XXXXXX)
+STARTED_DOCKERD=
+CONTAINERS=()
+T0=$(date +%s)
+
+step() { printf '\n== %s (t+%ss)\n' "$*" "$(( $(date +%s) - T0 ))"; }
+timed() { local s; s=$(date +%s); "$@"; printf -- '-- %ss: %s\n' "$(( $(date +%s) - s ))" "$*"; }
+
+cleanup() {
+    local rc=$?
+    for c in "${CONTAINERS[@]}"; do docker rm -f "$c" >/dev/null 2>&1 || true; done
+    if [[ -n $STARTED_DOCKERD ]]; then
+        kill "$STARTED_DOCKERD" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$STARTED_DOCKERD" 2>/dev/null || break; sleep 1; done
+    fi
+    rm -rf "$WORK"
+    printf '\n== container smoke: %s after %ss\n' "$([[ $rc == 0 ]] && echo PASSED || echo FAILED)" "$(( $(date +%s) - T0 ))"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+free_port() { "$VPY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_ready URL SECONDS: polls until HTTP 200, bounded.
+wait_ready() {
+    local url=$1 limit=$2 code=000
+    for _ in $(seq 1 $(( limit * 4 ))); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
+        [[ $code == 200 ]] && { echo "$url -> 200"; return 0; }
+        sleep 0.25
+    done
+    echo "$url never answered 200 within ${limit}s (last: $code)" >&2
+    return 1
+}
+
+step "tools: docker.io, mmdebstrap"
+if ! command -v dockerd >/dev/null || ! command -v mmdebstrap >/dev/null || ! test -x /usr/bin/docker; then
+    timed apt-get install -y -q --no-install-recommends docker.io mmdebstrap
+fi
+# The docker.io client matches its daemon's API version; use it, not whatever is first on PATH.
+docker() { /usr/bin/docker "$@"; }
+
+step "dockerd"
+if ! docker info >/dev/null 2>&1; then
+    dockerd --iptables=false --bridge=none >"$WORK/dockerd.log" 2>&1 &
+    STARTED_DOCKERD=$!
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { tail -20 "$WORK/dockerd.log" >&2; exit 1; }
+    echo "started dockerd (pid $STARTED_DOCKERD)"
+else
+    echo "dockerd already running"
+fi
+
+# Options every stand-in gets: the machine's apt settings and CA certificates (see the header).
+MIRRORS=("deb http://deb.debian.org/debian bookworm main"
+         "deb http://deb.debian.org/debian bookworm-updates main"
+         "deb http://deb.debian.org/debian-security bookworm-security main")
+ENV_HOOK='mkdir -p "$1/usr/local/share/ca-certificates" && { cp /usr/local/share/ca-certificates/*.crt "$1/usr/local/share/ca-certificates/" 2>/dev/null || true; }'
+APT_OPTS=(--aptopt='Acquire::Check-Valid-Until "false"' --aptopt='Acquire::Check-Date "false"')
+
+step "base image debian:bookworm-slim (mmdebstrap stand-in)"
+if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1; then
+    timed mmdebstrap --quiet --variant=minbase "${APT_OPTS[@]}" \
+        --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+        --customize-hook="$ENV_HOOK" \
+        --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
+        bookworm "$WORK/slim.tar" "${MIRRORS[@]}"
+    timed docker import --change 'CMD ["bash"]' "$WORK/slim.tar" debian:bookworm-slim
+    rm -f "$WORK/slim.tar"
+else
+    echo "present"
+fi
+
+step "base image rust:1-bookworm (mmdebstrap + this machine's toolchain)"
+if ! docker image inspect rust:1-bookworm >/dev/null 2>&1; then
+    SYSROOT=$(rustc --print sysroot)
+    echo "toolchain: $(rustc --version) from $SYSROOT"
+    timed mmdebstrap --quiet --variant=minbase "${APT_OPTS[@]}" \
+        --include=ca-certificates,gcc,g++,libc6-dev,make,pkg-config \
+        --customize-hook="$ENV_HOOK" \
+        --customize-hook='chroot "$1" update-ca-certificates >/dev/null' \
+        --customize-hook="mkdir -p \"\$1/usr/local/cargo\" && cp -a '$SYSROOT/bin' '$SYSROOT/lib' \"\$1/usr/local/cargo/\"" \
+        --customize-hook='rm -rf "$1"/var/lib/apt/lists/*' \
+        bookworm "$WORK/rust.tar" "${MIRRORS[@]}"
+    timed docker import \
+        --change 'ENV CARGO_HOME=/usr/local/cargo' \
+        --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'CMD ["bash"]' "$WORK/rust.tar" rust:1-bookworm
+    rm -f "$WORK/rust.tar"
+else
+    echo "present"
+fi
+
+step "docker build $IMAGE (the real Dockerfile, every stage)"
+BUILD_START=$(date +%s)
+timed docker build --network host --pull=false \
+    --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    -t "$IMAGE" . 2>&1 | tail -n 40
+echo "build took $(( $(date +%s) - BUILD_START ))s; image size: $(docker image inspect -f '{{.Size}}' "$IMAGE") bytes"
+docker image inspect -f 'user={{.Config.User}} entrypoint={{.Config.Entrypoint}} cmd={{.Config.Cmd}}' "$IMAGE"
+docker image inspect -f '{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}{{"\n"}}{{end}}' "$IMAGE" | grep '^org.opencontainers.image.title='
+
+# The security settings the chart uses, as Docker flags.
+HARDEN=(--read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m,uid=10001,gid=10001,mode=1777
+        --cap-drop ALL --security-opt no-new-privileges --user 10001:10001)
+
+step "1. versions"
+out=$(docker run --rm "$IMAGE" circus-warden --version)
+echo "$out"; [[ $out == circus-warden\ * ]]
+out=$(docker run --rm "${HARDEN[@]}" "$IMAGE" circusd --version)
+echo "circusd $out"; [[ $out == 0.19.0* ]]
+test "$(docker run --rm "$IMAGE" id -u)" = 10001
+
+step "2. standalone embedded mode on 127.0.0.1 (--network host)"
+PORT=$(free_port)
+C=cw-smoke-embedded-$$
+CONTAINERS+=("$C")
+docker run -d --name "$C" --network host "${HARDEN[@]}" "$IMAGE" \
+    circus-warden serve --transport http --bind "127.0.0.1:$PORT" >/dev/null
+START=$(date +%s%N)
+if ! wait_ready "http://127.0.0.1:$PORT/readyz" 60; then docker logs "$C" >&2; exit 1; fi
+echo "ready after $(( ($(date +%s%N) - START) / 1000000 )) ms"
+curl -fsS --max-time 2 "http://127.0.0.1:$PORT/healthz"; echo
+docker top "$C" -eo pid,user,args
+docker stop -t 20 "$C" >/dev/null
+echo "exit code after docker stop: $(docker inspect -f '{{.State.ExitCode}}' "$C")"
+
+step "3. the chart's pod layout: circusd + warden containers sharing /run/circus"
+mkdir -p "$WORK/pod"
+"$VPY" tests/deploy/pod_boot.py --extract-only "$WORK/pod" --helm "$HELM"
+RUN_DIR=$WORK/pod/run-circus
+mkdir -p "$RUN_DIR" && chown 10001:10001 "$RUN_DIR" && chmod 0770 "$RUN_DIR"
+PORT=$(free_port)
+CD=cw-smoke-circusd-$$; CW=cw-smoke-warden-$$
+CONTAINERS+=("$CD" "$CW")
+mapfile -t CIRCUSD_ARGS < "$WORK/pod/circusd.args"
+mapfile -t WARDEN_ARGS < "$WORK/pod/warden.args"
+docker run -d --name "$CD" --network none "${HARDEN[@]}" \
+    -v "$RUN_DIR:/run/circus" -v "$WORK/pod/etc-circus:/etc/circus:ro" \
+    "$IMAGE" "${CIRCUSD_ARGS[@]}" >/dev/null
+# Same files and args as the pod; only the bind moves to a free loopback port (host network).
+docker run -d --name "$CW" --network host "${HARDEN[@]}" \
+    -v "$RUN_DIR:/run/circus" -v "$WORK/pod/etc-circus-warden:/etc/circus-warden:ro" \
+    --env-file "$WORK/pod/warden.env" -e "CIRCUS_WARDEN_SERVER__BIND=127.0.0.1:$PORT" \
+    "$IMAGE" "${WARDEN_ARGS[@]}" >/dev/null
+if ! wait_ready "http://127.0.0.1:$PORT/readyz" 60; then docker logs "$CD" >&2; docker logs "$CW" >&2; exit 1; fi
+ls -ln "$RUN_DIR"
+mapfile -t PROBE < "$WORK/pod/circusd.liveness"
+docker exec "$CD" "${PROBE[@]}" >/dev/null && echo "circusd liveness probe command: ok"
+docker stop -t 20 "$CW" "$CD" >/dev/null

@@ -1,0 +1,542 @@
+#!/usr/bin/env python3
+"""tests/deploy/pod_boot.py -- boots the circus-warden pod the chart renders, without
+Kubernetes, and drives it with the official MCP Python SDK (deploy tests).
+
+What it does, in order:
+  1. `helm template` the chart (release `cw`, namespace `demo`, the given values files).
+  2. Takes the Deployment's two containers and, for each volume mount, the files it would see:
+     ConfigMap keys (circus.ini, config.yaml, the policies), the token Secret (through the
+     warden's env: secretKeyRef + Kubernetes' `$(VAR)` substitution), emptyDirs shared by name.
+  3. Lays them out under a temp dir T, rewriting only the absolute mount paths
+     (/run/circus -> T/run/circus, /etc/circus-warden -> T/etc/circus-warden, ...) in the
+     files, the args and the env; every other byte stays. The one other rewrite: the warden's
+     `0.0.0.0:<port>` binds become `127.0.0.1:<free port>`.
+  4. Starts circusd and the warden exactly as the containers' args say (the image's tini
+     entrypoint is left out; `circusd` comes from .venv/bin, `circus-warden` is
+     target/release/circus-warden), with each container's working dir (/tmp -> T/tmp).
+  5. Checks: circusd's ipc sockets are 0700, no circusd-stats, no TCP endpoint; GET /healthz,
+     /readyz (200) and /metrics; the circusd liveness probe command passes; the Service DNS
+     names pass the Host check and a foreign Host does not; /mcp needs the token when the
+     chart made one; over MCP: `list_processes`, then `add_process /usr/bin/sleep` succeeds
+     if the rendered gate allows it (checked in circusd with a raw DEALER: the watcher runs
+     /usr/bin/sleep) or is denied (and circusd has no such watcher); ini-defined watchers
+     cannot be stopped; `remove_process` cleans up.
+  6. Stops both with SIGTERM (as the kubelet would), then kills whatever is left.
+
+  pod_boot.py [-f VALUES]... [--helm PATH] [--bin PATH]
+  pod_boot.py [-f VALUES]... --extract-only DIR   (for container_smoke.sh: the same files
+      with the real in-container paths, plus the args, the env file and the probe command)
+
+Runs with .venv/bin/python (circus, pyzmq, psutil, PyYAML, the `mcp` SDK). Bounded: every wait
+has a deadline and the whole run has a watchdog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+import yaml
+import zmq
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "circus-warden"
+RELEASE, NAMESPACE = "cw", "demo"
+VENV_BIN = REPO / ".venv" / "bin"
+WATCHDOG_S = 240
+
+
+def log(msg: str) -> None:
+    print(f"[pod-boot {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def fail(msg: str) -> None:
+    raise SystemExit(f"[pod-boot] FAILED: {msg}")
+
+
+# --------------------------------------------------------------------------- the rendered pod
+
+
+def render(helm: str, values: list[str]) -> list[dict]:
+    cmd = [helm, "template", RELEASE, str(CHART), "-n", NAMESPACE, "--api-versions", "monitoring.coreos.com/v1"]
+    for v in values:
+        cmd += ["-f", v]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+class Pod:
+    """The Deployment's pod template with the objects it refers to."""
+
+    def __init__(self, docs: list[dict]):
+        self.docs = docs
+        deployments = [d for d in docs if d["kind"] == "Deployment"]
+        if len(deployments) != 1:
+            fail(f"expected one Deployment, found {len(deployments)}")
+        self.spec = deployments[0]["spec"]["template"]["spec"]
+        self.volumes = {v["name"]: v for v in self.spec["volumes"]}
+        self.containers = {c["name"]: c for c in self.spec["containers"]}
+        if set(self.containers) != {"circusd", "warden"}:
+            fail(f"unexpected containers {sorted(self.containers)}")
+
+    def obj(self, kind: str, name: str) -> dict:
+        for d in self.docs:
+            if d["kind"] == kind and d["metadata"]["name"] == name:
+                return d
+        fail(f"{kind} {name} is referenced but not rendered")
+
+    def secret_value(self, name: str, key: str) -> str:
+        return base64.b64decode(self.obj("Secret", name)["data"][key]).decode()
+
+    def files_of_mount(self, mount: dict) -> dict[str, str] | None:
+        """Relative path -> text for ConfigMap mounts; None for emptyDirs."""
+        vol = self.volumes[mount["name"]]
+        if "configMap" in vol:
+            data = self.obj("ConfigMap", vol["configMap"]["name"]).get("data", {})
+            if "subPath" in mount:
+                return {"": data[mount["subPath"]]}
+            return dict(data)
+        if "emptyDir" in vol:
+            return None
+        fail(f"volume {mount['name']}: unsupported source {sorted(vol)}")
+
+    def env(self, container: str) -> dict[str, str]:
+        """The container's environment as the kubelet builds it (secretKeyRef, $(VAR))."""
+        resolved: dict[str, str] = {}
+        for e in self.containers[container].get("env", []):
+            if "valueFrom" in e:
+                ref = e["valueFrom"]
+                if "secretKeyRef" in ref:
+                    value = self.secret_value(ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
+                elif "configMapKeyRef" in ref:
+                    value = self.obj("ConfigMap", ref["configMapKeyRef"]["name"])["data"][ref["configMapKeyRef"]["key"]]
+                else:
+                    fail(f"env {e['name']}: unsupported valueFrom {sorted(ref)}")
+            else:
+                value = expand_k8s(e.get("value", ""), resolved)
+            resolved[e["name"]] = value
+        return resolved
+
+
+def expand_k8s(value: str, defined: dict[str, str]) -> str:
+    """Kubernetes' dependent-variable expansion: $(VAR) of an earlier variable; $$ escapes."""
+    out, i = [], 0
+    while i < len(value):
+        if value.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif value.startswith("$(", i) and ")" in value[i + 2:]:
+            end = value.index(")", i + 2)
+            name = value[i + 2:end]
+            out.append(defined[name] if name in defined else value[i:end + 1])
+            i = end + 1
+        else:
+            out.append(value[i])
+            i += 1
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------- rewriting
+
+
+class Rewriter:
+    """Maps in-container absolute mount paths into T, and 0.0.0.0:<port> binds to loopback."""
+
+    def __init__(self, root: Path, mount_paths: list[str]):
+        self.root = root
+        self.ports: dict[int, int] = {}
+        alternatives = "|".join(re.escape(p) for p in sorted(set(mount_paths), key=len, reverse=True))
+        # A path starts at the beginning, after whitespace/quote/=/:/,/[ or after ipc:// and
+        # ends where path characters end (so /tmp never matches /tmpfoo).
+        self.path_re = re.compile(
+            r"(?:(?<=^)|(?<=[\s\"'=:,\[])|(?<=ipc://))(" + alternatives + r")(?=/|$|[^A-Za-z0-9_.\-/])",
+            re.MULTILINE,
+        )
+        self.bind_re = re.compile(r"0\.0\.0\.0:(\d+)")
+
+    def port(self, container_port: int) -> int:
+        if container_port not in self.ports:
+            self.ports[container_port] = free_port()
+        return self.ports[container_port]
+
+    def __call__(self, text: str) -> str:
+        text = self.path_re.sub(lambda m: str(self.root) + m.group(1), text)
+        return self.bind_re.sub(lambda m: f"127.0.0.1:{self.port(int(m.group(1)))}", text)
+
+    def path(self, p: str) -> Path:
+        return Path(str(self.root) + p)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lay_out(pod: Pod, root: Path, rewrite) -> None:
+    """Writes every container's mounts under root (rewrite maps file contents)."""
+    for container in pod.containers.values():
+        for m in container.get("volumeMounts", []):
+            target = Path(str(root) + m["mountPath"])
+            files = pod.files_of_mount(m)
+            if files is None:
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            for rel, text in files.items():
+                dest = target / rel if rel else target
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(rewrite(text), encoding="utf-8")
+
+
+def extract_only(pod: Pod, out: Path) -> None:
+    """For container_smoke.sh: the files with their real paths, args, env file, probe."""
+    identity = lambda s: s  # noqa: E731 - no rewriting inside a container
+    staging = Path(tempfile.mkdtemp(prefix="cwx", dir="/tmp"))
+    try:
+        lay_out(pod, staging, identity)
+        for src, name in (("etc/circus", "etc-circus"), ("etc/circus-warden", "etc-circus-warden")):
+            shutil.copytree(staging / src, out / name, dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for name in ("circusd", "warden"):
+        (out / f"{name}.args").write_text("\n".join(pod.containers[name]["args"]) + "\n")
+    env = pod.env("warden")
+    (out / "warden.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+    probe = pod.containers["circusd"].get("livenessProbe", {}).get("exec", {}).get("command", ["true"])
+    (out / "circusd.liveness").write_text("\n".join(probe) + "\n")
+    for p in out.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    log(f"extracted the pod's files, args, env and probe into {out}")
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def http_get(url: str, headers: dict | None = None, timeout: float = 5.0) -> tuple[int, str]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except OSError as e:
+        return 0, str(e)
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.1)
+    fail(f"timed out after {timeout}s waiting for {what}")
+
+
+class Dealer:
+    """Raw ZeroMQ DEALER requests to circusd, independent of the warden."""
+
+    def __init__(self, endpoint: str):
+        self.ctx = zmq.Context.instance()
+        self.endpoint = endpoint
+
+    def call(self, command: str, **props) -> dict:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt_string(zmq.IDENTITY, uuid.uuid4().hex)
+        s.connect(self.endpoint)
+        try:
+            mid = uuid.uuid4().hex
+            s.send(json.dumps({"id": mid, "command": command, "properties": props}).encode())
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if s.poll(200):
+                    reply = json.loads(s.recv())
+                    if reply.get("id") == mid:
+                        return reply
+            fail(f"circusd did not answer {command} within 5 s")
+        finally:
+            s.close()
+
+
+def raw_post(port: int, host: str, headers: dict | None = None) -> int:
+    """POST an initialize to /mcp with a chosen Host; returns the HTTP status."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "pod-boot", "version": "0"}}})
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", data=body.encode(), method="POST", headers={
+        "Host": host, "Content-Type": "application/json", "Accept": "application/json, text/event-stream", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+async def mcp_session(url: str, headers: dict, steps):
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0)) as hc:
+        async with streamable_http_client(url, http_client=hc) as streams:
+            async with ClientSession(streams[0], streams[1]) as session:
+                init = await session.initialize()
+                log(f"MCP session with {init.server_info.name} {init.server_info.version}")
+                return await steps(session)
+
+
+def dump(result) -> dict:
+    d = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    d.setdefault("isError", False)
+    return d
+
+
+# --------------------------------------------------------------------------- the boot
+
+
+def boot(pod: Pod, bin_path: str, keep: bool) -> None:
+    root = Path(tempfile.mkdtemp(prefix="cwpod", dir="/tmp"))  # short: ipc paths < 100 bytes
+    mounts = sorted({m["mountPath"] for c in pod.containers.values() for m in c.get("volumeMounts", [])})
+    rw = Rewriter(root, mounts)
+    lay_out(pod, root, rw)
+    log(f"pod laid out under {root}: mounts {', '.join(mounts)}")
+    procs: list[subprocess.Popen] = []
+    try:
+        run_pod(pod, root, rw, bin_path, procs)
+    finally:
+        stop_all(procs)
+        if keep:
+            log(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def start(pod: Pod, name: str, root: Path, rw: Rewriter, bin_path: str, procs: list) -> subprocess.Popen:
+    c = pod.containers[name]
+    if c.get("command"):
+        fail(f"{name}: the chart sets `command`; the test only knows the image's entrypoint")
+    args = [rw(a) for a in c["args"]]
+    program = {"circus-warden": bin_path}.get(args[0]) or shutil.which(args[0], path=f"{VENV_BIN}:{os.environ['PATH']}")
+    if not program:
+        fail(f"{name}: {args[0]} not found")
+    env = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    env.update({k: rw(v) for k, v in pod.env(name).items()})
+    cwd = rw.path("/tmp") if rw.path("/tmp").is_dir() else root
+    logf = open(root / f"{name}.log", "wb")
+    log(f"start {name}: {' '.join([program] + args[1:])}  (cwd {cwd}, env {sorted(env)})")
+    p = subprocess.Popen([program] + args[1:], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=logf,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    p.name = name  # type: ignore[attr-defined]
+    p.logfile = root / f"{name}.log"  # type: ignore[attr-defined]
+    procs.append(p)
+    return p
+
+
+def stop_all(procs: list) -> None:
+    """SIGTERM (the kubelet's way), bounded wait, then SIGKILL of the whole process trees."""
+    trees = []
+    for p in procs:
+        try:
+            trees.append([psutil.Process(p.pid)] + psutil.Process(p.pid).children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+            log(f"{p.name} exited with {p.returncode} after SIGTERM")
+        except subprocess.TimeoutExpired:
+            log(f"{p.name} outlived SIGTERM by 20 s: killing")
+    for tree in trees:
+        for proc in tree:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def show_logs(procs) -> None:
+    for p in procs:
+        print(f"----- {p.name} log (last 40 lines)")
+        print("\n".join(Path(p.logfile).read_text(errors="replace").splitlines()[-40:]))
+
+
+def run_pod(pod: Pod, root: Path, rw: Rewriter, bin_path: str, procs: list) -> None:
+    warden_c = pod.containers["warden"]
+    config = yaml.safe_load(rw.path("/etc/circus-warden/config.yaml").read_text())
+    control = config["circus"]["endpoint"]
+    http_port = rw.port(next(p["containerPort"] for p in warden_c["ports"] if p["name"] == "http"))
+    metrics_ports = [rw.port(p["containerPort"]) for p in warden_c["ports"] if p["name"] == "metrics"]
+    metrics_port = metrics_ports[0] if metrics_ports else http_port
+    base = f"http://127.0.0.1:{http_port}"
+
+    circusd = start(pod, "circusd", root, rw, bin_path, procs)
+    sock = Path(control.removeprefix("ipc://"))
+    try:
+        wait_for(lambda: sock.exists() or circusd.poll() is not None, 20, "circusd's control socket")
+        if circusd.poll() is not None:
+            fail(f"circusd exited with {circusd.returncode}")
+        warden = start(pod, "warden", root, rw, bin_path, procs)
+        wait_for(lambda: http_get(base + "/readyz")[0] == 200 or warden.poll() is not None, 30, "GET /readyz == 200")
+        if warden.poll() is not None:
+            fail(f"the warden exited with {warden.returncode}")
+        checks(pod, config, rw, base, http_port, metrics_port, control, sock, circusd.pid)
+    except BaseException:
+        show_logs(procs)
+        raise
+
+
+def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circusd_pid) -> None:
+    log("GET /readyz -> 200")
+    for path_ in (Path(control.removeprefix("ipc://")), Path(config["circus"]["pubsub_endpoint"].removeprefix("ipc://"))):
+        mode = stat.S_IMODE(path_.stat().st_mode)
+        if not stat.S_ISSOCK(path_.stat().st_mode) or mode & 0o077:
+            fail(f"{path_} is not a 0700 socket (mode {oct(mode)})")
+    log(f"ipc sockets are 0700: {sock.parent}")
+    status, body = http_get(base + "/healthz")
+    if status != 200:
+        fail(f"GET /healthz -> {status} {body}")
+    status, body = http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+    if status != 200 or "circus_warden_" not in body:
+        fail(f"GET /metrics on port {metrics_port} -> {status}: {body[:200]}")
+    log(f"GET /healthz -> 200; GET /metrics on {'the metrics' if metrics_port != http_port else 'the MCP'} port -> 200")
+
+    dealer = Dealer(control)
+    opts = dealer.call("globaloptions")["options"]
+    watchers = dealer.call("list")["watchers"]
+    # globaloptions always reports a default stats_endpoint; only circusd-stats would bind it.
+    if "circusd-stats" in watchers or opts.get("statsd"):
+        fail(f"circusd-stats is on: watchers {watchers}, options {opts}")
+    listening = [c for c in psutil.Process(circusd_pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    if listening:
+        fail(f"circusd listens on TCP/UDP: {listening}")
+    for key in ("endpoint", "pubsub_endpoint"):
+        if not str(opts.get(key, "")).startswith("ipc://"):
+            fail(f"circusd {key} is {opts.get(key)!r}, not ipc://")
+    if opts.get("multicast_endpoint"):
+        fail(f"multicast discovery is on: {opts.get('multicast_endpoint')}")
+    log(f"circusd: ipc endpoints only, no TCP listener, no multicast, no circusd-stats; watchers {watchers}")
+
+    probe = pod.containers["circusd"].get("livenessProbe", {}).get("exec", {}).get("command")
+    if probe:
+        argv = [rw(a) for a in probe]
+        argv[0] = shutil.which(argv[0], path=str(VENV_BIN)) or argv[0]
+        r = subprocess.run(argv, capture_output=True, timeout=30)
+        if r.returncode != 0:
+            fail(f"circusd liveness probe {argv} -> {r.returncode}: {r.stdout!r} {r.stderr!r}")
+        log("circusd liveness probe command -> 0")
+
+    # The Host check: the Service's names pass, a foreign name does not.
+    ids = pod.env("warden")
+    tokens_env = ids.get("CIRCUS_WARDEN_SERVER__TOKENS")
+    headers = {}
+    if tokens_env:
+        tokens = re.findall(r'token="([^"]+)"', tokens_env)
+        for t in tokens:  # every identity's token, as substituted by the kubelet, is accepted
+            if raw_post(http_port, "127.0.0.1", {"Authorization": f"Bearer {t}"}) != 200:
+                fail(f"/mcp refused one of the {len(tokens)} configured tokens")
+        headers = {"Authorization": f"Bearer {tokens[0]}"}
+        if raw_post(http_port, "127.0.0.1") != 401:
+            fail("/mcp without a token was not refused with 401")
+        if raw_post(http_port, "127.0.0.1", {"Authorization": "Bearer not-the-token-0123456789"}) != 401:
+            fail("/mcp with a wrong token was not refused with 401")
+        log(f"/mcp: each of the {len(tokens)} tokens -> 200; no token or a wrong one -> 401")
+    svc = f"{RELEASE}-circus-warden"
+    for host in (f"{svc}.{NAMESPACE}.svc.cluster.local:8731", f"{svc}:8731"):
+        status = raw_post(http_port, host, headers)
+        if status != 200:
+            fail(f"Host {host} -> {status}, want 200")
+    status = raw_post(http_port, "evil.example.com", headers)
+    if status not in (400, 403, 421):
+        fail(f"Host evil.example.com -> {status}, want a refusal")
+    log(f"Host: the Service names -> 200, evil.example.com -> {status}")
+
+    gate = config.get("gate", {})
+    allowed = "/usr/bin/sleep" in [os.path.realpath(e) for e in gate.get("executables", [])]
+    protected = [w for w in gate.get("protected_watchers", []) if w in watchers]
+    name = "podboot"
+
+    async def steps(session):
+        listed = dump(await session.call_tool("list_processes", {}))
+        if listed["isError"]:
+            fail(f"list_processes failed: {listed}")
+        names = [p["name"] for p in listed["structuredContent"]["processes"]]
+        log(f"MCP list_processes -> {names}")
+        if sorted(names) != sorted(watchers):
+            fail(f"list_processes {names} != circusd's watchers {watchers}")
+        added = dump(await session.call_tool("add_process", {"name": name, "command": "/usr/bin/sleep", "args": ["300"]}))
+        present = name in dealer.call("list")["watchers"]
+        if allowed:
+            if added["isError"] or not present:
+                fail(f"add_process of an allowed /usr/bin/sleep failed: {added}")
+            pids = wait_for(lambda: dealer.call("list", name=name).get("pids"), 10, "the watcher's pid")
+            cmd = dealer.call("get", name=name, keys=["cmd"])["options"]["cmd"]
+            log(f"MCP add_process /usr/bin/sleep -> ok; circusd runs {cmd!r} as pids {pids}")
+            if not os.path.realpath(cmd.split()[0]) == os.path.realpath("/usr/bin/sleep"):
+                fail(f"circusd runs {cmd!r}, not /usr/bin/sleep")
+            removed = dump(await session.call_tool("remove_process", {"name": name}))
+            if removed["isError"]:
+                fail(f"remove_process failed: {removed}")
+            wait_for(lambda: name not in dealer.call("list")["watchers"], 15, "the watcher to be removed")
+            log("MCP remove_process -> ok; circusd no longer has it")
+        else:
+            kind = added.get("structuredContent", {}).get("error", {}).get("kind")
+            if not added["isError"] or kind != "denied" or present:
+                fail(f"add_process was not denied by the default gate: {added}, watcher present: {present}")
+            log("MCP add_process /usr/bin/sleep -> denied (the gate allows nothing); circusd has no such watcher")
+        for w in protected:
+            r = dump(await session.call_tool("stop_process", {"name": w}))
+            kind = r.get("structuredContent", {}).get("error", {}).get("kind")
+            state = dealer.call("status", name=w)["status"]
+            if not r["isError"] or kind != "denied" or state != "active":
+                fail(f"stop_process of ini-defined {w} was not denied: {r}, circusd says {state}")
+            log(f"MCP stop_process {w} (ini-defined, protected) -> denied; circusd: {state}")
+
+    asyncio.run(asyncio.wait_for(mcp_session(base + "/mcp", headers, steps), 90))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("-f", "--values", action="append", default=[])
+    ap.add_argument("--helm", default=str(REPO / ".tools" / "deploy-venv" / "bin" / "helm"))
+    ap.add_argument("--bin", default=os.environ.get("CIRCUS_WARDEN_BIN", str(REPO / "target" / "release" / "circus-warden")))
+    ap.add_argument("--extract-only", metavar="DIR")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, files)")
+    a = ap.parse_args()
+    signal.signal(signal.SIGALRM, lambda *_: fail(f"watchdog: still running after {WATCHDOG_S}s"))
+    signal.alarm(WATCHDOG_S)
+    started = time.monotonic()
+    pod = Pod(render(a.helm, a.values))
+    if a.extract_only:
+        extract_only(pod, Path(a.extract_only))
+        return 0
+    if not os.access(a.bin, os.X_OK):
+        fail(f"{a.bin} is not an executable (build it: cargo build --release)")
+    log(f"values: {a.values or ['(chart defaults)']}; binary {a.bin}")
+    boot(pod, a.bin, a.keep)
+    log(f"PASSED in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
