@@ -29,8 +29,11 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The release profile keeps line tables for backtraces; compressing the debug sections keeps
+# them readable (file:line in panics) at about a third of the size.
 RUN cargo build --release --locked \
-    && install -D -m 0755 target/release/circus-warden /out/circus-warden
+    && install -D -m 0755 target/release/circus-warden /out/circus-warden \
+    && objcopy --compress-debug-sections=zlib /out/circus-warden
 
 FROM debian:bookworm-slim AS python
 # Debian stable replaces package versions with security updates, so exact version pins would

@@ -17,10 +17,15 @@ What it does, in order:
   5. Checks: circusd's ipc sockets are 0700, no circusd-stats, no TCP endpoint; GET /healthz,
      /readyz (200) and /metrics; the circusd liveness probe command passes; the Service DNS
      names pass the Host check and a foreign Host does not; /mcp needs the token when the
-     chart made one; over MCP: `list_processes`, then `add_process /usr/bin/sleep` succeeds
-     if the rendered gate allows it (checked in circusd with a raw DEALER: the watcher runs
-     /usr/bin/sleep) or is denied (and circusd has no such watcher); ini-defined watchers
-     cannot be stopped; `remove_process` cleans up.
+     chart made one, and every configured token works; over MCP: `list_processes`, then
+     `add_process /usr/bin/sleep 300` succeeds if the rendered policy lets the caller's
+     identity run it (checked in circusd with a raw DEALER: the watcher runs /usr/bin/sleep)
+     or is denied (and circusd has no such watcher); ini-defined watchers cannot be stopped;
+     `remove_process` cleans up. Then the policy is updated the way the kubelet updates a
+     ConfigMap volume (a `..data` symlink swap): a broken version is rejected and counted in
+     circus_warden_policy_reloads_total{result="failure"}, a valid one without programs
+     becomes active (generation + 1) and add_process is denied. Last, the series the chart's
+     alerts use must be in /metrics (those of features the warden has).
   6. Stops both with SIGTERM (as the kubelet would), then kills whatever is left.
 
   pod_boot.py [-f VALUES]... [--helm PATH] [--bin PATH]
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import fnmatch
 import json
 import os
 import re
@@ -199,10 +205,31 @@ def lay_out(pod: Pod, root: Path, rewrite) -> None:
             if files is None:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            for rel, text in files.items():
-                dest = target / rel if rel else target
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_text(rewrite(text), encoding="utf-8")
+            if "subPath" in m:  # the kubelet bind-mounts the one file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(rewrite(files[""]), encoding="utf-8")
+                continue
+            if (target / "..data").exists():  # the other container's mount of the same volume
+                continue
+            configmap_dir(target, {k: rewrite(v) for k, v in files.items()})
+
+
+def configmap_dir(target: Path, files: dict[str, str]) -> None:
+    """A ConfigMap volume as the kubelet writes it: files in a timestamped dir, `..data`
+    pointing at it, and each key a symlink through `..data`. An update writes a new dir and
+    swaps `..data` atomically, which is what the warden's policy hot reload must notice."""
+    target.mkdir(parents=True, exist_ok=True)
+    data = target / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{uuid.uuid4().hex[:8]}"
+    data.mkdir()
+    for key, text in files.items():
+        (data / key).write_text(text, encoding="utf-8")
+    tmp = target / "..data_tmp"
+    tmp.symlink_to(data.name)
+    os.replace(tmp, target / "..data")
+    for key in files:
+        link = target / key
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{key}")
 
 
 def extract_only(pod: Pod, out: Path) -> None:
@@ -212,7 +239,8 @@ def extract_only(pod: Pod, out: Path) -> None:
     try:
         lay_out(pod, staging, identity)
         for src, name in (("etc/circus", "etc-circus"), ("etc/circus-warden", "etc-circus-warden")):
-            shutil.copytree(staging / src, out / name, dirs_exist_ok=True)
+            shutil.copytree(staging / src, out / name, dirs_exist_ok=True, symlinks=False,
+                            ignore=shutil.ignore_patterns("..*"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for name in ("circusd", "warden"):
@@ -406,6 +434,53 @@ def run_pod(pod: Pod, root: Path, rw: Rewriter, bin_path: str, procs: list) -> N
         raise
 
 
+def metric(port: int, name: str, labels: dict | None = None) -> float | None:
+    """The value of one series in the warden's /metrics (None when absent)."""
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    if status != 200:
+        fail(f"GET /metrics -> {status}")
+    for line in body.splitlines():
+        if not line.startswith(name) or line[len(name):len(name) + 1] not in ("{", " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in (labels or {}).items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def metric_names(port: int) -> set[str]:
+    body = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+    return {line.split("{")[0].split(" ")[0] for line in body.splitlines() if line and not line.startswith("#")}
+
+
+def policy_generation(port: int) -> int:
+    body = http_get(f"http://127.0.0.1:{port}/metrics")[1]
+    found = re.findall(r'^circus_warden_policy_info\{[^}]*generation="(\d+)"', body, re.MULTILINE)
+    return int(found[0]) if found else 0
+
+
+async def until(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.2)
+    fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def policy_allows_sleep(policy: dict, identity: str) -> bool:
+    """Whether the rendered policy should let `identity` add /usr/bin/sleep 300 (a simple
+    reading of the policy: tools, program ids, path globs; the warden is the authority)."""
+    ident = (policy.get("identities") or {}).get(identity)
+    if not ident:
+        return False
+    if not ({"*", "add_process"} & set(ident.get("tools", []))):
+        return False
+    may = set(ident.get("programs", ["*"]))
+    sleep = os.path.realpath("/usr/bin/sleep")
+    return any(("*" in may or prog["id"] in may) and fnmatch.fnmatchcase(sleep, prog["path"])
+               for prog in policy.get("programs") or [])
+
+
 def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circusd_pid) -> None:
     log("GET /readyz -> 200")
     for path_ in (Path(control.removeprefix("ipc://")), Path(config["circus"]["pubsub_endpoint"].removeprefix("ipc://"))):
@@ -471,9 +546,12 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
         fail(f"Host evil.example.com -> {status}, want a refusal")
     log(f"Host: the Service names -> 200, evil.example.com -> {status}")
 
-    gate = config.get("gate", {})
-    allowed = "/usr/bin/sleep" in [os.path.realpath(e) for e in gate.get("executables", [])]
-    protected = [w for w in gate.get("protected_watchers", []) if w in watchers]
+    policy = yaml.safe_load(Path(config["policy"]["path"]).read_text())
+    identity = (re.findall(r'identity="([^"]+)"', tokens_env or "") or [config["server"].get("default_identity", "local")])[0]
+    allowed = policy_allows_sleep(policy, identity)
+    protected = [w for w in (policy.get("watchers") or {}).get("protected", []) if w in watchers]
+    log(f"policy {config['policy']['path']}: identity {identity!r} may {'' if allowed else 'not '}add /usr/bin/sleep; "
+        f"protected watchers {protected}")
     name = "podboot"
 
     async def steps(session):
@@ -502,8 +580,8 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
         else:
             kind = added.get("structuredContent", {}).get("error", {}).get("kind")
             if not added["isError"] or kind != "denied" or present:
-                fail(f"add_process was not denied by the default gate: {added}, watcher present: {present}")
-            log("MCP add_process /usr/bin/sleep -> denied (the gate allows nothing); circusd has no such watcher")
+                fail(f"add_process was not denied by the policy: {added}, watcher present: {present}")
+            log("MCP add_process /usr/bin/sleep -> denied by the policy; circusd has no such watcher")
         for w in protected:
             r = dump(await session.call_tool("stop_process", {"name": w}))
             kind = r.get("structuredContent", {}).get("error", {}).get("kind")
@@ -511,6 +589,41 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
             if not r["isError"] or kind != "denied" or state != "active":
                 fail(f"stop_process of ini-defined {w} was not denied: {r}, circusd says {state}")
             log(f"MCP stop_process {w} (ini-defined, protected) -> denied; circusd: {state}")
+
+        # Hot reload through a kubelet-style ConfigMap update (a `..data` symlink swap).
+        policy_dir = Path(config["policy"]["path"]).parent
+        files = {p.name: p.read_text() for p in policy_dir.iterdir() if not p.name.startswith("..")}
+        original = files["default.yaml"]
+        gen = policy_generation(metrics_port)
+        failures = metric(metrics_port, "circus_warden_policy_reloads_total", {"result": "failure"}) or 0
+        configmap_dir(policy_dir, {**files, "default.yaml": "version: 1\nidentities: {}\nprogramz: []\n"})
+        await until(lambda: (metric(metrics_port, "circus_warden_policy_reloads_total", {"result": "failure"}) or 0) > failures,
+                    15, "the broken policy to be rejected")
+        if policy_generation(metrics_port) != gen:
+            fail("a broken policy replaced the active one")
+        log(f"policy update with an unknown key -> rejected (reloads_total{{result=failure}} "
+            f"{failures:g} -> {failures + 1:g}); generation {gen} stays active")
+        tightened = yaml.safe_dump({**policy, "programs": []}, sort_keys=False)
+        configmap_dir(policy_dir, {**files, "default.yaml": tightened})
+        await until(lambda: policy_generation(metrics_port) > gen, 15, "the new policy to be loaded")
+        again = dump(await session.call_tool("add_process", {"name": name, "command": "/usr/bin/sleep", "args": ["300"]}))
+        kind = again.get("structuredContent", {}).get("error", {}).get("kind")
+        if not again["isError"] or kind != "denied" or name in dealer.call("list")["watchers"]:
+            fail(f"after the reload without programs, add_process was not denied: {again}")
+        log(f"policy update without programs -> generation {policy_generation(metrics_port)}; add_process -> denied")
+        configmap_dir(policy_dir, {**files, "default.yaml": original})
+
+        # The series the chart's alerts use, as far as this warden exports them already.
+        names = metric_names(metrics_port)
+        wanted = ["circus_warden_circus_up", "circus_warden_crash_looping", "circus_warden_policy_decisions_total",
+                  "circus_warden_policy_reloads_total", "circus_warden_log_alerts_total",
+                  "circus_warden_log_dropped_bytes_total"]
+        present = [n for n in wanted if n in names]
+        missing = [n for n in wanted if n not in names]
+        for required in ("circus_warden_circus_up", "circus_warden_policy_decisions_total", "circus_warden_policy_reloads_total"):
+            if required not in names:
+                fail(f"/metrics lacks {required}, which the chart's alerts use")
+        log(f"alert series exported: {', '.join(present)}; not (yet) exported: {', '.join(missing) or 'none'}")
 
     asyncio.run(asyncio.wait_for(mcp_session(base + "/mcp", headers, steps), 90))
 

@@ -2,7 +2,8 @@
 # tests/deploy/run.sh -- the deploy tests (`make test-deploy`): the Helm chart
 # charts/circus-warden and the Dockerfile, checked without a cluster or a container engine.
 #   1. helm lint --strict: default values, tests/deploy/values-all.yaml (every feature) and
-#      values-existing-secret.yaml; values.schema.json must refuse bad values.
+#      values-existing-secret.yaml; values.schema.json must refuse bad values; the chart
+#      README's values table must match values.yaml (values_doc.py --check).
 #   2. helm template | kubernetes-validate --strict for several Kubernetes versions. Built-in
 #      kinds are validated against kubernetes-validate's schemas; it only warns about kinds it
 #      has no schema for, so any warning other than for ServiceMonitor/PrometheusRule fails the
@@ -63,6 +64,7 @@ for bad in "unknownKey=1" "config.gate.executabls[0]=/bin/true" "auth.tokens[0].
     fi
 done
 echo "schema refuses unknown keys, misspelt keys, short or unsafe tokens, bad enums"
+"$VPY" tests/deploy/values_doc.py --check
 step_end
 
 step "helm template | kubernetes-validate --strict (Kubernetes $K8S_VERSIONS)"

@@ -131,18 +131,32 @@ copy_env = False
 {{- if include "circus-warden.metricsSeparate" . }}
 {{- $_ := set $server "metrics_bind" (printf "0.0.0.0:%d" (int .Values.metrics.port)) }}
 {{- end }}
-{{- $gate := default dict $cfg.gate }}
-{{- $protected := default list $gate.protected_watchers }}
-{{- range .Values.circusd.watchers }}
-{{- $protected = append $protected .name }}
-{{- end }}
-{{- $_ := set $gate "protected_watchers" (uniq $protected) }}
-{{- $_ = set $cfg "circus" $circus }}
+{{- $policy := mergeOverwrite (default dict $cfg.policy) (dict "path" (printf "%s/default.yaml" (include "circus-warden.policyDir" .))) }}
+{{- $_ := set $cfg "circus" $circus }}
 {{- $_ = set $cfg "server" $server }}
-{{- $_ = set $cfg "gate" $gate -}}
+{{- $_ = set $cfg "policy" $policy -}}
 # config.yaml -- circus-warden's configuration in the pod (rendered by the chart; tokens come
 # from the CIRCUS_WARDEN_SERVER__TOKENS environment variable, built from the tokens Secret).
 {{ toYaml $cfg }}
+{{- end }}
+
+{{- define "circus-warden.policyDir" -}}/etc/circus-warden/policies{{- end }}
+
+{{/* The policy: values' document, with the circus.ini watchers added to watchers.protected. */}}
+{{- define "circus-warden.policyDocument" -}}
+{{- $doc := deepCopy .Values.policy.document }}
+{{- if .Values.circusd.watchers }}
+{{- $watchers := default dict $doc.watchers }}
+{{- $protected := default list $watchers.protected }}
+{{- range .Values.circusd.watchers }}
+{{- $protected = append $protected .name }}
+{{- end }}
+{{- $_ := set $watchers "protected" (uniq $protected) }}
+{{- $_ = set $doc "watchers" $watchers }}
+{{- end -}}
+# default.yaml -- the policy circus-warden enforces (rendered by the chart from policy.document;
+# the circus.ini watchers are added to watchers.protected). Deny by default.
+{{ toYaml $doc }}
 {{- end }}
 
 {{/* Token plumbing: which Secret, which keys. Empty list: no authentication. */}}
