@@ -23,7 +23,9 @@ pub struct Config {
     #[validate(nested)]
     pub server: ServerConfig,
     #[validate(nested)]
-    pub gate: GateConfig,
+    pub policy: PolicyConfig,
+    #[validate(nested)]
+    pub audit: AuditConfig,
     #[validate(nested)]
     pub log: LogConfig,
 }
@@ -130,9 +132,10 @@ pub struct ServerConfig {
     /// Open HTTP connections at once; more are closed on accept.
     #[validate(range(min = 1, max = 100_000))]
     pub max_connections: usize,
-    /// The identity of the (unauthenticated) stdio session.
+    /// The identity of callers without a token: the stdio session, and HTTP callers when no
+    /// tokens are configured. It must be an identity in the policy to be allowed anything.
     #[validate(length(min = 1, max = 64))]
-    pub stdio_identity: String,
+    pub default_identity: String,
     /// Bearer tokens; when any is configured, `/mcp` requires one.
     #[validate(nested, length(max = 1024))]
     pub tokens: Vec<TokenConfig>,
@@ -149,7 +152,7 @@ impl Default for ServerConfig {
             max_body_bytes: 1 << 20,
             max_sessions: 64,
             max_connections: 256,
-            stdio_identity: "local".into(),
+            default_identity: "local".into(),
             tokens: Vec::new(),
         }
     }
@@ -171,52 +174,45 @@ impl std::fmt::Debug for TokenConfig {
     }
 }
 
-/// The interim deny-by-default gate (replaced by the policy engine).
+/// Where the policy comes from.
 #[derive(Debug, Clone, Serialize, Deserialize, Validate)]
 #[serde(deny_unknown_fields, default)]
-pub struct GateConfig {
-    /// Absolute paths of the programs that may be run; canonicalised when the gate is built.
-    #[validate(length(max = 1024), custom(function = "validate_absolute_paths"))]
-    pub executables: Vec<PathBuf>,
-    /// Where bare command names are looked up. Never the request's `PATH`.
-    #[validate(length(max = 64), custom(function = "validate_absolute_paths"))]
-    pub search_path: Vec<PathBuf>,
-    /// Roots a `working_dir` must lie in (compared on canonical paths, by component).
-    #[validate(length(max = 1024), custom(function = "validate_absolute_paths"))]
-    pub working_dirs: Vec<PathBuf>,
-    #[validate(range(min = 1, max = 1024))]
-    pub max_processes: u32,
-    #[validate(range(min = 0, max = 4096))]
-    pub max_args: usize,
-    #[validate(range(min = 1, max = 131_072))]
-    pub max_arg_bytes: usize,
-    #[validate(range(max = 1024))]
-    pub max_env: usize,
-    /// Signal names that `signal_process` may send.
-    #[validate(custom(function = "validate_signals"))]
-    pub signals: Vec<String>,
-    /// Watchers that no tool may touch (`circusd-stats` always is).
-    #[validate(length(max = 1024))]
-    pub protected_watchers: Vec<String>,
-    /// The `graceful_timeout` forced on every watcher the warden adds.
-    #[validate(range(min = 1, max = 3600))]
-    pub graceful_timeout_s: u32,
+pub struct PolicyConfig {
+    /// The policy file (see docs/policy.md). A missing or invalid file stops the warden at
+    /// startup; later, a bad version keeps the active policy.
+    pub path: PathBuf,
+    /// How often the file is checked for changes.
+    #[validate(range(min = 100, max = 3_600_000))]
+    pub reload_interval_ms: u64,
 }
 
-impl Default for GateConfig {
+impl Default for PolicyConfig {
     fn default() -> Self {
-        Self {
-            executables: Vec::new(),
-            search_path: ["/usr/local/bin", "/usr/bin", "/bin"].map(PathBuf::from).to_vec(),
-            working_dirs: Vec::new(),
-            max_processes: 4,
-            max_args: 64,
-            max_arg_bytes: 4096,
-            max_env: 64,
-            signals: ["HUP", "INT", "TERM", "QUIT", "USR1", "USR2"].map(String::from).to_vec(),
-            protected_watchers: Vec::new(),
-            graceful_timeout_s: 10,
-        }
+        Self { path: PathBuf::from("policies/default.yaml"), reload_interval_ms: 2_000 }
+    }
+}
+
+/// The audit log of decisions.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// JSON-lines file; absent means stderr.
+    pub path: Option<PathBuf>,
+    /// Rotate when the file would grow past this.
+    #[validate(range(min = 4096, max = 17_179_869_184u64))]
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.log.1` … `.keep`).
+    #[validate(range(max = 100))]
+    pub keep: u32,
+    /// Deny mutations whose decision record cannot be written.
+    pub fail_closed: bool,
+    /// Record allowed reads too (mutations and denials are always recorded).
+    pub reads: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self { path: None, max_bytes: 10 << 20, keep: 5, fail_closed: true, reads: false }
     }
 }
 
@@ -369,21 +365,6 @@ fn validate_endpoint(endpoint: &str) -> Result<(), validator::ValidationError> {
     }
 }
 
-fn validate_absolute_paths(paths: &[PathBuf]) -> Result<(), validator::ValidationError> {
-    match paths.iter().find(|p| !p.is_absolute()) {
-        None => Ok(()),
-        Some(p) => Err(validator::ValidationError::new("absolute_path")
-            .with_message(format!("{} is not an absolute path", p.display()).into())),
-    }
-}
-
-fn validate_signals(signals: &[String]) -> Result<(), validator::ValidationError> {
-    match signals.iter().find(|s| crate::circus::signal_number(s).is_none()) {
-        None => Ok(()),
-        Some(s) => Err(validator::ValidationError::new("signal_name")
-            .with_message(format!("{s} is not a known signal name").into())),
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -411,9 +392,9 @@ mod tests {
 
     #[test]
     fn range_violation_names_key_and_rule() {
-        let f = write("gate:\n  max_processes: 0\n");
+        let f = write("audit:\n  keep: 1000\n");
         let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
-        assert!(err.contains("gate.max_processes: rule `range`"), "{err}");
+        assert!(err.contains("audit.keep: rule `range`"), "{err}");
     }
 
     #[test]

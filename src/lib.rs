@@ -13,6 +13,7 @@
 //! Later pieces go beside these: `policy/` replaces the interim gate, `output/` holds the log
 //! tailer and buffers, `metrics` the Prometheus registry.
 
+pub mod audit;
 pub mod circus;
 pub mod config;
 pub mod mcp;

@@ -38,6 +38,50 @@ enum Cmd {
     /// Inspect the effective configuration.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// Check, explain and test policy files.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate policy files; errors give file:line: field: message. Exit 1 on any error.
+    Check {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Run one decision and print it as JSON (exit 0 allow, 2 deny).
+    ///
+    /// The request is {"identity": "...", "tool": "...", "arguments": {...}}, optionally with
+    /// circusd facts: "target": {"exists", "owner", "num_processes"}, "watchers",
+    /// "total_processes". Filesystem facts are gathered for real.
+    ///
+    /// Example:
+    ///   circus-warden policy explain --policy policies/default.yaml \
+    ///     --request '{"identity":"local","tool":"add_process","arguments":{"name":"nap","command":"sleep","args":["60"]}}'
+    #[command(verbatim_doc_comment)]
+    Explain {
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// The request as JSON (or @FILE to read it from a file).
+        #[arg(long, value_name = "JSON")]
+        request: String,
+    },
+    /// Run the YAML test cases in DIR (every *.yaml, recursively), like `opa test`.
+    ///
+    /// A case file names its policy (relative to the file) and lists cases:
+    ///   policy: ../default.yaml
+    ///   cases:
+    ///     - {name: sleep allowed, identity: local, tool: add_process,
+    ///        arguments: {name: nap, command: sleep, args: ["60"]}, want: allow, rule: "program:sleep"}
+    #[command(verbatim_doc_comment)]
+    Test {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Print every case, not just failures.
+        #[arg(long, short)]
+        verbose: bool,
+    },
 }
 
 #[derive(Args)]
@@ -75,12 +119,16 @@ enum ConfigCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Policy(cmd) = cli.command {
+        return policy_command(cmd);
+    }
     let (file, overrides) = match &cli.command {
         Cmd::Serve(a) => (
             a.file.config.as_deref(),
             Overrides { transport: a.transport, bind: a.bind, endpoint: a.endpoint.clone(), log_format: a.log_format },
         ),
         Cmd::Config(ConfigCmd::Print(f) | ConfigCmd::Check(f)) => (f.config.as_deref(), Overrides::default()),
+        Cmd::Policy(_) => unreachable!("handled above"),
     };
     let config = match Config::load(file, &overrides) {
         Ok(c) => c,
@@ -98,6 +146,7 @@ fn main() -> ExitCode {
             eprintln!("configuration is valid");
             ExitCode::SUCCESS
         }
+        Cmd::Policy(_) => ExitCode::SUCCESS,
         Cmd::Serve(_) => {
             init_tracing(&config);
             let runtime = match tokio::runtime::Runtime::new() {
@@ -115,6 +164,97 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+fn policy_command(cmd: PolicyCmd) -> ExitCode {
+    use circus_warden::policy::{cases, decide::decide, facts, Facts, Policy, Request, Target};
+    match cmd {
+        PolicyCmd::Check { files } => {
+            let mut failed = false;
+            for f in files {
+                match Policy::load(&f) {
+                    Ok(p) => println!("{}: ok ({} programs, {} identities)", f.display(), p.programs.len(), p.identities.len()),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed { ExitCode::from(1) } else { ExitCode::SUCCESS }
+        }
+        PolicyCmd::Explain { policy, request } => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Input {
+                identity: String,
+                tool: String,
+                #[serde(default)]
+                arguments: serde_json::Value,
+                #[serde(default)]
+                target: Option<Target>,
+                #[serde(default)]
+                watchers: u32,
+                #[serde(default)]
+                total_processes: u32,
+            }
+            let policy = match Policy::load(&policy) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let text = match request.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path).unwrap_or_default(),
+                None => request,
+            };
+            let input: Input = match serde_json::from_str(&text) {
+                Ok(i) => i,
+                Err(e) => {
+                    eprintln!("--request: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let action = match cases::action(&input.tool, input.arguments) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("--request: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let mut f: Facts = facts::gather(&policy, &action);
+            f.target = input.target;
+            f.watchers = input.watchers;
+            f.total_processes = input.total_processes;
+            let d = decide(&policy, &Request { identity: input.identity, action }, &f);
+            let out = serde_json::json!({
+                "decision": if d.allow { "allow" } else { "deny" },
+                "rules": d.rules,
+                "violations": d.violations,
+                "would_send": d.command.as_ref().map(|c| c.preview()),
+            });
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            if d.allow { ExitCode::SUCCESS } else { ExitCode::from(2) }
+        }
+        PolicyCmd::Test { dir, verbose } => match cases::run_dir(&dir) {
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+            Ok(outcomes) => {
+                let failed: Vec<_> = outcomes.iter().filter(|o| o.failure.is_some()).collect();
+                for o in &outcomes {
+                    match &o.failure {
+                        Some(why) => println!("FAIL {}: {}: {why}", o.file, o.name),
+                        None if verbose => println!("ok   {}: {}", o.file, o.name),
+                        None => {}
+                    }
+                }
+                println!("{} passed, {} failed", outcomes.len() - failed.len(), failed.len());
+                if failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+            }
+        },
     }
 }
 

@@ -1,13 +1,13 @@
 //! `circus-warden serve`: wires circusd (external or embedded), the client, the process view,
 //! the gate and the chosen transport together, and shuts them down in order.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Audit;
 use crate::circus::client::Limits;
 use crate::circus::events::{follow, CrashLoop, ProcessView};
 use crate::circus::supervisor::{find_circusd, supervise, Layout};
@@ -15,10 +15,20 @@ use crate::circus::{CircusClient, Command, Endpoints};
 use crate::config::{Config, Transport};
 use crate::mcp::{self, Identity, Server};
 use crate::metrics::Metrics;
+use crate::policy::reload::ActivePolicy;
+use crate::policy::Policy;
 use crate::request::{Gate, Warden};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
+    let metrics = Metrics::new();
+    // The policy and the audit log come first: without them nothing may run.
+    let policy = Policy::load(&config.policy.path).map_err(|e| anyhow::anyhow!("cannot load the policy:\n{e}"))?;
+    tracing::info!(path = %config.policy.path.display(), hash = %policy.hash, "policy loaded");
+    let policy = ActivePolicy::new(config.policy.path.clone(), policy, metrics.clone());
+    tokio::spawn(policy.clone().watch(Duration::from_millis(config.policy.reload_interval_ms), stop.clone()));
+    let audit = Audit::open(&config.audit, metrics.clone()).context("cannot open the audit log")?;
+
     let mut supervisor = None;
     let endpoints = match &config.circus.endpoint {
         Some(control) => Endpoints { control: control.clone(), pubsub: config.circus.pubsub_endpoint.clone() },
@@ -33,7 +43,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
 
-    let metrics = Metrics::new();
     let client = CircusClient::start(&endpoints.control, Limits::from(&config.circus), Some(metrics.circus_call_seconds.clone()))
         .context("cannot start the circus client")?;
     let crash_loop = CrashLoop {
@@ -47,13 +56,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wait_ready(&client, Duration::from_secs(10)).await;
     }
 
-    let warden = Warden { client: client.clone(), view, gate: Arc::new(Gate::compile(&config.gate)), metrics: metrics.clone() };
+    let warden = Warden { client: client.clone(), view, gate: Gate::new(policy, audit, metrics.clone()), metrics: metrics.clone() };
     if let Some(addr) = config.server.metrics_bind {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(%addr, "admin endpoints: /metrics /healthz /readyz");
         tokio::spawn(mcp::http::serve_admin(listener, metrics.clone(), client.clone(), stop.clone()));
     }
-    let server = Server::new(warden, Identity(config.server.stdio_identity.clone()));
+    let server = Server::new(warden, Identity(config.server.default_identity.clone()));
     let result = match config.server.transport {
         Transport::Stdio => {
             eprintln!(

@@ -97,7 +97,7 @@ async fn mutation_that_timed_out_on_a_frozen_circusd_never_runs() {
     let client = CircusClient::start(&circus.control, limits(1_500), None).unwrap();
     client.call(Command::Status { name: None }).await.unwrap();
 
-    circus.signal(libc::SIGSTOP);
+    circus.freeze();
     let err = client.call(add("ghost", "/bin/sleep", &["300"], true)).await.unwrap_err();
     assert!(matches!(err, CircusError::Unavailable(_) | CircusError::Timeout(_)), "{err:?}");
     // A read while frozen times out too, and its socket is replaced.

@@ -20,6 +20,8 @@ pub enum Command {
     Stats { name: Option<WatcherName> },
     Options { name: WatcherName },
     NumProcesses { name: WatcherName },
+    /// Processes across every watcher.
+    NumProcessesAll,
     GlobalOptions,
     Add { name: WatcherName, cmd: String, args: Vec<String>, options: AddOptions, start: bool },
     Start { name: WatcherName },
@@ -40,7 +42,7 @@ impl Command {
             Command::Status { .. } => "status",
             Command::Stats { .. } => "stats",
             Command::Options { .. } => "options",
-            Command::NumProcesses { .. } => "numprocesses",
+            Command::NumProcesses { .. } | Command::NumProcessesAll => "numprocesses",
             Command::GlobalOptions => "globaloptions",
             Command::Add { .. } => "add",
             Command::Start { .. } => "start",
@@ -58,7 +60,7 @@ impl Command {
     pub fn watcher(&self) -> Option<&WatcherName> {
         match self {
             Command::List { name } | Command::Status { name } | Command::Stats { name } => name.as_ref(),
-            Command::GlobalOptions => None,
+            Command::GlobalOptions | Command::NumProcessesAll => None,
             Command::Options { name }
             | Command::NumProcesses { name }
             | Command::Add { name, .. }
@@ -82,6 +84,7 @@ impl Command {
                 | Command::Stats { .. }
                 | Command::Options { .. }
                 | Command::NumProcesses { .. }
+                | Command::NumProcessesAll
                 | Command::GlobalOptions
         )
     }
@@ -97,7 +100,7 @@ impl Command {
         match self {
             Command::List { name } | Command::Status { name } | Command::Stats { name } => maybe(name),
             Command::Options { name } | Command::NumProcesses { name } => named(name),
-            Command::GlobalOptions => json!({}),
+            Command::GlobalOptions | Command::NumProcessesAll => json!({}),
             Command::Add { name, cmd, args, options, start } => json!({
                 "name": name.as_str(), "cmd": cmd, "args": args, "options": options,
                 "start": start, "waiting": start,
@@ -114,6 +117,11 @@ impl Command {
             }
             Command::Signal { name, signum } => json!({ "name": name.as_str(), "signum": signum }),
         }
+    }
+
+    /// The message without its id: exactly what circusd would receive (for explanations).
+    pub fn preview(&self) -> Value {
+        json!({ "command": self.verb(), "properties": self.properties() })
     }
 
     /// The single JSON frame circusd expects.

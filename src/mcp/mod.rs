@@ -109,7 +109,7 @@ impl ServerHandler for Server {
     ) -> Result<CallToolResponse, McpError> {
         let identity = self.identity(&ctx);
         let started = std::time::Instant::now();
-        let result = tools::call(&self.warden, &request.name, request.arguments).await;
+        let result = tools::call(&self.warden, &identity.0, &request.name, request.arguments).await;
         let error = result.as_ref().err().map(|e| e.kind);
         tracing::debug!(tool = %request.name, identity = %identity.0, ?error, elapsed_us = started.elapsed().as_micros() as u64, "tool call");
         Ok(match result {

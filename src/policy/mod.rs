@@ -29,7 +29,7 @@ pub use compile::{CompileError, Policy};
 pub const OWNER_ENV: &str = "CIRCUS_WARDEN_OWNER";
 
 /// One failed check: which field, which rule, and what would have been allowed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Violation {
     pub field: String,
     pub rule: String,

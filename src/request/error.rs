@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::gate::Violation;
+use crate::policy::Violation;
 use crate::circus::CircusError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -18,6 +18,7 @@ pub enum ErrorKind {
     CircusUnavailable,
     Timeout,
     Busy,
+    RateLimited,
 }
 
 impl ErrorKind {
@@ -31,6 +32,7 @@ impl ErrorKind {
             ErrorKind::CircusUnavailable => "circus_unavailable",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Busy => "busy",
+            ErrorKind::RateLimited => "rate_limited",
         }
     }
 }
@@ -48,18 +50,18 @@ pub struct ToolError {
 
 impl ToolError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> ToolError {
-        let retryable = matches!(kind, ErrorKind::CircusUnavailable | ErrorKind::Timeout | ErrorKind::Busy);
+        let retryable = matches!(kind, ErrorKind::CircusUnavailable | ErrorKind::Timeout | ErrorKind::Busy | ErrorKind::RateLimited);
         ToolError { kind, message: message.into(), violations: Vec::new(), errno: None, retryable }
     }
 
     pub fn invalid(field: &str, rule: &'static str, message: impl Into<String>) -> ToolError {
         let message = message.into();
         let mut e = ToolError::new(ErrorKind::InvalidArguments, format!("invalid arguments: {message}"));
-        e.violations.push(Violation { field: field.to_string(), rule, message });
+        e.violations.push(Violation::new(field, rule, message));
         e
     }
 
-    pub fn denied(violations: Vec<Violation>) -> ToolError {
+    pub fn denied(violations: Vec<crate::policy::Violation>) -> ToolError {
         let summary: Vec<String> = violations.iter().map(|v| format!("{}: {}", v.field, v.message)).collect();
         ToolError {
             kind: ErrorKind::Denied,

@@ -7,8 +7,6 @@ pub mod inspect;
 pub mod mutate;
 pub mod tools;
 
-use std::sync::Arc;
-
 use crate::circus::events::ProcessView;
 use crate::circus::CircusClient;
 use crate::metrics::Metrics;
@@ -21,6 +19,6 @@ pub use gate::Gate;
 pub struct Warden {
     pub client: CircusClient,
     pub view: ProcessView,
-    pub gate: Arc<Gate>,
+    pub gate: Gate,
     pub metrics: Metrics,
 }

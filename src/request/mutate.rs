@@ -1,35 +1,34 @@
-//! Handlers of the tools that change what runs. Each builds a gate [`Request`], gets a
-//! decision, and sends exactly the command the decision carries.
+//! Handlers of the tools that change what runs. Each turns its arguments into a policy
+//! [`Action`], passes the gate, and sends exactly the command the decision carries.
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::gate::{AddRequest, Decision, Request};
-use super::tools::{ActionOutput, AddArgs, AddOutput, RemoveOutput, ScaleArgs, ScaleOutput, SignalArgs, SignalOutput};
+use super::tools::{ActionOutput, AddArgs, AddOutput, ExplainArgs, RemoveOutput, ScaleArgs, ScaleOutput, SignalArgs, SignalOutput};
 use super::{ErrorKind, ToolError, Warden};
 use crate::circus::{Command, WatcherName};
+use crate::policy::{cases, Action, AddRequest};
 
-/// The single gate entry point: facts, decision, audit line. Returns the command to send.
-pub fn check(w: &Warden, tool: &str, req: &Request) -> Result<Command, ToolError> {
-    let facts = w.gate.facts(req);
-    match w.gate.decide(req, &facts) {
-        Decision::Allow(cmd) => {
-            tracing::info!(target: "audit", tool, decision = "allow", command = cmd.verb(), "gate decision");
-            w.metrics.decisions.with_label_values(&[tool, "allow", "allow"]).inc();
-            Ok(cmd)
-        }
-        Decision::Deny(violations) => {
-            let rules: Vec<&str> = violations.iter().map(|v| v.rule).collect();
-            tracing::info!(target: "audit", tool, decision = "deny", ?rules, "gate decision");
-            for rule in &rules {
-                w.metrics.decisions.with_label_values(&[tool, "deny", rule]).inc();
-            }
-            Err(ToolError::denied(violations))
-        }
-    }
+/// Gate, send, record the outcome. Returns the command sent and circusd's reply.
+async fn run(w: &Warden, identity: &str, action: Action) -> Result<(Command, Value), ToolError> {
+    let admitted = w.gate.admit(&w.client, identity, action).await?;
+    let Some(cmd) = admitted.command.clone() else {
+        return Err(ToolError::new(ErrorKind::Denied, "internal error: an allowed change carried no command; nothing was sent"));
+    };
+    let result = match &cmd {
+        // Scaling to the current count: nothing to send.
+        Command::Incr { nb: 0, .. } => Ok(json!({})),
+        _ => w.client.call(cmd.clone()).await,
+    };
+    w.gate.done(&admitted, &result);
+    Ok((cmd, result?))
 }
 
-pub async fn add(w: &Warden, a: AddArgs) -> Result<AddOutput, ToolError> {
-    let req = Request::Add(AddRequest {
+fn watcher(cmd: &Command) -> String {
+    cmd.watcher().map(WatcherName::to_string).unwrap_or_default()
+}
+
+pub async fn add(w: &Warden, identity: &str, a: AddArgs) -> Result<AddOutput, ToolError> {
+    let action = Action::Add(AddRequest {
         name: a.name,
         command: a.command,
         args: a.args,
@@ -37,76 +36,59 @@ pub async fn add(w: &Warden, a: AddArgs) -> Result<AddOutput, ToolError> {
         env: a.env,
         num_processes: a.num_processes,
         start: a.start,
+        options: a.options,
     });
-    let cmd = check(w, "add_process", &req)?;
-    let out = match &cmd {
+    let (cmd, _) = run(w, identity, action).await?;
+    match cmd {
         Command::Add { name, cmd: program, args, start, .. } => {
-            AddOutput { name: name.to_string(), command: program.clone(), args: args.clone(), started: *start }
+            Ok(AddOutput { name: name.to_string(), command: program, args, started: start })
         }
-        other => return Err(mismatch(other)),
-    };
-    w.client.call(cmd).await?;
-    Ok(out)
+        _ => Err(ToolError::new(ErrorKind::CircusError, "internal error: unexpected command")),
+    }
 }
 
-pub async fn lifecycle(w: &Warden, tool: &str, name: String) -> Result<ActionOutput, ToolError> {
-    let (action, req) = match tool {
-        "start_process" => ("start", Request::Start { name }),
-        "stop_process" => ("stop", Request::Stop { name }),
-        "restart_process" => ("restart", Request::Restart { name }),
-        _ => ("reload", Request::Reload { name }),
+pub async fn lifecycle(w: &Warden, identity: &str, tool: &str, name: String) -> Result<ActionOutput, ToolError> {
+    let (action, verb) = match tool {
+        "start_process" => (Action::Start { name }, "start"),
+        "stop_process" => (Action::Stop { name }, "stop"),
+        "restart_process" => (Action::Restart { name }, "restart"),
+        _ => (Action::Reload { name }, "reload"),
     };
-    let cmd = check(w, tool, &req)?;
-    let name = watcher(&cmd)?;
-    w.client.call(cmd).await?;
-    let status = w.client.call(Command::Status { name: Some(name.clone()) }).await?;
+    let (cmd, _) = run(w, identity, action).await?;
+    let status = w.client.call(Command::Status { name: cmd.watcher().cloned() }).await?;
     Ok(ActionOutput {
-        name: name.to_string(),
-        action: action.into(),
+        name: watcher(&cmd),
+        action: verb.into(),
         state: status.get("status").and_then(Value::as_str).unwrap_or("unknown").into(),
     })
 }
 
-pub async fn remove(w: &Warden, name: String) -> Result<RemoveOutput, ToolError> {
-    let cmd = check(w, "remove_process", &Request::Remove { name })?;
-    let name = watcher(&cmd)?.to_string();
-    w.client.call(cmd).await?;
-    Ok(RemoveOutput { name, removed: true })
+pub async fn remove(w: &Warden, identity: &str, name: String) -> Result<RemoveOutput, ToolError> {
+    let (cmd, _) = run(w, identity, Action::Remove { name }).await?;
+    Ok(RemoveOutput { name: watcher(&cmd), removed: true })
 }
 
-pub async fn scale(w: &Warden, a: ScaleArgs) -> Result<ScaleOutput, ToolError> {
-    // The current count is needed to phrase the change as incr/decr; an invalid name is
-    // denied by the gate before circusd is asked anything.
-    let current = match WatcherName::parse(&a.name) {
-        Some(n) => {
-            let reply = w.client.call(Command::NumProcesses { name: n }).await?;
-            reply.get("numprocesses").and_then(Value::as_u64).unwrap_or(0) as u32
-        }
-        None => 0,
-    };
-    let cmd = check(w, "scale_process", &Request::Scale { name: a.name, num_processes: a.num_processes, current })?;
-    let name = watcher(&cmd)?.to_string();
-    if !matches!(cmd, Command::Incr { nb: 0, .. }) {
-        w.client.call(cmd).await?;
-    }
-    Ok(ScaleOutput { name, num_processes: a.num_processes })
+pub async fn scale(w: &Warden, identity: &str, a: ScaleArgs) -> Result<ScaleOutput, ToolError> {
+    let (cmd, _) = run(w, identity, Action::Scale { name: a.name, num_processes: a.num_processes }).await?;
+    Ok(ScaleOutput { name: watcher(&cmd), num_processes: a.num_processes })
 }
 
-pub async fn signal(w: &Warden, a: SignalArgs) -> Result<SignalOutput, ToolError> {
-    let cmd = check(w, "signal_process", &Request::Signal { name: a.name, signal: a.signal.clone() })?;
-    let name = watcher(&cmd)?.to_string();
-    let shown = crate::circus::signal_number(&a.signal).map_or(a.signal, |(n, _)| n.to_string());
-    w.client.call(cmd).await?;
-    Ok(SignalOutput { name, signal: shown })
+pub async fn signal(w: &Warden, identity: &str, a: SignalArgs) -> Result<SignalOutput, ToolError> {
+    let shown = crate::circus::signal_number(&a.signal).map_or(a.signal.clone(), |(n, _)| n.to_string());
+    let (cmd, _) = run(w, identity, Action::Signal { name: a.name, signal: a.signal }).await?;
+    Ok(SignalOutput { name: watcher(&cmd), signal: shown })
 }
 
-/// The watcher an allowed command names.
-fn watcher(cmd: &Command) -> Result<WatcherName, ToolError> {
-    cmd.watcher().cloned().ok_or_else(|| mismatch(cmd))
-}
-
-/// The gate allowed a command of another kind than the request: refuse rather than guess.
-fn mismatch(cmd: &Command) -> ToolError {
-    tracing::error!(verb = cmd.verb(), "the gate allowed an unexpected command; refusing it");
-    ToolError::new(ErrorKind::Denied, "internal error: the gate's decision did not match the request; nothing was sent")
+/// `explain_policy`: the decision the call would get, without recording or running it.
+pub async fn explain(w: &Warden, identity: &str, a: ExplainArgs) -> Result<Value, ToolError> {
+    let action = cases::action(&a.tool, Value::Object(a.arguments)).map_err(|e| ToolError::invalid("arguments", "schema.type", e))?;
+    let (decision, _) = w.gate.decide(&w.client, identity, action).await?;
+    let command = decision.command.as_ref().map(Command::preview);
+    Ok(json!({
+        "decision": if decision.allow { "allow" } else { "deny" },
+        "rules": decision.rules,
+        "violations": decision.violations,
+        "would_send": command,
+        "policy_generation": w.gate.policy.generation(),
+    }))
 }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::{inspect, mutate, ErrorKind, ToolError, Warden};
 use crate::circus::events::Exit;
+use crate::policy::{Action, Violation};
 
 /// A tool as MCP lists it.
 pub struct ToolSpec {
@@ -73,15 +74,18 @@ pub static TOOLS: &[ToolSpec] = &[
         "A watcher's state, pids, spawn and restart counts and its last exit."),
     tool!("get_process_stats", "Process statistics", OptionalNameArgs, StatsOutput, mutates: false, destructive: false,
         "CPU, memory and age of each process of one watcher, or of all watchers when name is omitted."),
+    tool!("explain_policy", "Explain a policy decision", ExplainArgs, ExplainOutput, mutates: false, destructive: false,
+        "The decision another tool call would get from the policy, with the rules that fired, each failed check, and the exact \
+         command that would be sent. Nothing is run."),
 ];
 
 pub fn find(name: &str) -> Option<&'static ToolSpec> {
     TOOLS.iter().find(|t| t.name == name)
 }
 
-/// Runs one tool. Every failure, including an unknown tool, is a [`ToolError`].
-pub async fn call(w: &Warden, name: &str, args: Option<Map<String, Value>>) -> Result<Value, ToolError> {
-    let result = dispatch(w, name, args).await;
+/// Runs one tool for `identity`. Every failure, including an unknown tool, is a [`ToolError`].
+pub async fn call(w: &Warden, identity: &str, name: &str, args: Option<Map<String, Value>>) -> Result<Value, ToolError> {
+    let result = dispatch(w, identity, name, args).await;
     // Unknown names share one label value, so callers cannot mint series.
     let tool = find(name).map_or("unknown", |t| t.name);
     let outcome = match &result {
@@ -92,22 +96,26 @@ pub async fn call(w: &Warden, name: &str, args: Option<Map<String, Value>>) -> R
     result
 }
 
-async fn dispatch(w: &Warden, name: &str, args: Option<Map<String, Value>>) -> Result<Value, ToolError> {
+async fn dispatch(w: &Warden, identity: &str, name: &str, args: Option<Map<String, Value>>) -> Result<Value, ToolError> {
     let args = Value::Object(args.unwrap_or_default());
+    if find(name).is_some_and(|t| !t.mutates) {
+        w.gate.admit(&w.client, identity, Action::Read { tool: name.to_string() }).await?;
+    }
     match name {
-        "add_process" => to_value(mutate::add(w, decode(args)?).await?),
+        "add_process" => to_value(mutate::add(w, identity, decode(args)?).await?),
         "start_process" | "stop_process" | "restart_process" | "reload_process" => {
-            to_value(mutate::lifecycle(w, name, decode::<NameArgs>(args)?.name).await?)
+            to_value(mutate::lifecycle(w, identity, name, decode::<NameArgs>(args)?.name).await?)
         }
-        "remove_process" => to_value(mutate::remove(w, decode::<NameArgs>(args)?.name).await?),
-        "scale_process" => to_value(mutate::scale(w, decode(args)?).await?),
-        "signal_process" => to_value(mutate::signal(w, decode(args)?).await?),
+        "remove_process" => to_value(mutate::remove(w, identity, decode::<NameArgs>(args)?.name).await?),
+        "scale_process" => to_value(mutate::scale(w, identity, decode(args)?).await?),
+        "signal_process" => to_value(mutate::signal(w, identity, decode(args)?).await?),
         "list_processes" => {
             decode::<EmptyArgs>(args)?;
             to_value(inspect::list(w).await?)
         }
         "get_process_status" => to_value(inspect::status(w, &decode::<NameArgs>(args)?.name).await?),
         "get_process_stats" => to_value(inspect::stats(w, decode::<OptionalNameArgs>(args)?.name.as_deref()).await?),
+        "explain_policy" => mutate::explain(w, identity, decode(args)?).await,
         _ => {
             let known: Vec<&str> = TOOLS.iter().map(|t| t.name).collect();
             let shown: String = name.chars().take(64).collect();
@@ -186,6 +194,19 @@ pub struct AddArgs {
     /// Start the processes now (default true).
     #[serde(default = "yes")]
     pub start: bool,
+    /// Circus options the policy allows (for example graceful_timeout, max_retry, respawn).
+    #[serde(default)]
+    pub options: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainArgs {
+    /// The tool whose call to explain, for example "add_process".
+    pub tool: String,
+    /// That tool's arguments.
+    #[serde(default)]
+    pub arguments: Map<String, Value>,
 }
 
 fn one() -> u32 {
@@ -271,6 +292,20 @@ pub struct StatusOutput {
     pub last_exit: Option<Exit>,
 }
 
+/// The result of `explain_policy` (built in `mutate::explain`; this type is its schema).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExplainOutput {
+    /// "allow" or "deny".
+    pub decision: String,
+    /// The rule ids that fired.
+    pub rules: Vec<String>,
+    /// Each failed check: field, rule, and what would be allowed.
+    pub violations: Vec<Violation>,
+    /// The exact command circusd would receive, when allowed.
+    pub would_send: Option<Value>,
+    pub policy_generation: u64,
+}
+
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct StatsOutput {
     /// Per watcher, per pid: circus's psutil figures (cpu, mem, mem_info1, age, …).
@@ -293,9 +328,9 @@ mod tests {
     #[test]
     fn wrong_types_and_missing_fields_are_named() {
         let e = decode::<ScaleArgs>(json!({"name": "w", "num_processes": "3"})).unwrap_err();
-        assert_eq!((e.violations[0].field.as_str(), e.violations[0].rule), ("num_processes", "schema.type"));
+        assert_eq!((e.violations[0].field.as_str(), e.violations[0].rule.as_str()), ("num_processes", "schema.type"));
         let e = decode::<ScaleArgs>(json!({"num_processes": 3})).unwrap_err();
-        assert_eq!((e.violations[0].field.as_str(), e.violations[0].rule), ("name", "schema.required"));
+        assert_eq!((e.violations[0].field.as_str(), e.violations[0].rule.as_str()), ("name", "schema.required"));
         let e = decode::<AddArgs>(json!({"name": "w", "command": "x", "env": {"A": 1}})).unwrap_err();
         assert_eq!(e.violations[0].field, "env.A");
     }

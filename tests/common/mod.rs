@@ -75,6 +75,23 @@ impl Circusd {
         unsafe { libc::kill(self.pid(), sig) };
     }
 
+    /// SIGSTOPs circusd and waits until every one of its threads is stopped: `kill` returns
+    /// before that, and libzmq's I/O thread could otherwise still complete a handshake.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.pid());
+        let stopped = eventually(Duration::from_secs(5), || {
+            std::fs::read_dir(&tasks).map_or(false, |entries| {
+                entries.flatten().all(|t| {
+                    let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                    // The state follows the parenthesised command name.
+                    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+                })
+            })
+        });
+        assert!(stopped, "circusd did not stop");
+    }
+
     /// Kills circusd and its watchers' processes.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
