@@ -47,6 +47,8 @@ pub struct Case {
 pub enum Want {
     Allow,
     Deny,
+    /// The arguments must not even decode (the warden answers `invalid_arguments`).
+    Invalid,
 }
 
 /// Turns a tool name and its JSON arguments into an [`Action`]. Unknown mutating shapes are
@@ -116,9 +118,14 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
 
 fn run_case(policy: &Policy, file: &str, case: Case) -> Outcome {
     let mut outcome = Outcome { file: file.to_string(), name: case.name.clone(), family: case.family.clone(), want: case.want, decision: None, failure: None };
-    let action = match action(&case.tool, case.arguments) {
-        Ok(a) => a,
-        Err(e) => {
+    let action = match (action(&case.tool, case.arguments), case.want) {
+        (Err(_), Want::Invalid) => return outcome,
+        (Ok(a), Want::Invalid) => {
+            outcome.failure = Some(format!("want invalid arguments, but they decoded to {a:?}"));
+            return outcome;
+        }
+        (Ok(a), _) => a,
+        (Err(e), _) => {
             outcome.failure = Some(format!("bad case: {e}"));
             return outcome;
         }

@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use super::compile::{env_denied, Identity, Policy, Program, WatcherScope};
-use super::{Action, AddRequest, Decision, Facts, Request, Violation, OWNER_ENV};
+use super::{Action, AddRequest, Decision, Facts, Request, Violation, OWNER_ENV, READ_TOOLS};
 use crate::circus::{signal_number, Command, WatcherName};
 
 const MAX_COMMAND_BYTES: usize = 4096;
@@ -22,7 +22,10 @@ pub fn decide(policy: &Policy, req: &Request, facts: &Facts) -> Decision {
         return Decision::deny(vec![Violation::new("identity", "identity.unknown", format!(
             "identity {:?} is not in the policy", req.identity))]);
     };
-    // 2. The identity must be allowed this tool.
+    // 2. The tool must exist, and the identity must be allowed it.
+    if matches!(&req.action, Action::Read { tool } if !READ_TOOLS.contains(&tool.as_str())) {
+        return Decision::deny(vec![Violation::new("tool", "tool.unknown", format!("there is no tool {tool:?}"))]);
+    }
     if !id.tools.is_match(tool) {
         return Decision::deny(vec![Violation::new("tool", "tool.not_allowed", format!(
             "identity {:?} may not call {tool}", req.identity))]);
