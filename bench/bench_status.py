@@ -158,6 +158,9 @@ def main() -> int:
     clients = []
     try:
         circus_call(circus.endpoint, "add", name="w", cmd=SLEEP, args=["3600"], start=True, waiting=True)
+        # base_config carries the e2e policy (harness.e2e_policy): each Warden writes it, and its
+        # audit log, into its own directory. `w` is added with a raw DEALER (not owned by the
+        # warden's identity), which only matters for mutations: reads need only the tool allowlist.
         cfg = base_config(circus, work, log={"format": "human", "level": "warn"})
         w_stdio = Warden(cfg, work / "stdio", "bench-stdio")
         w_http = Warden(cfg, work / "http", "bench-http")

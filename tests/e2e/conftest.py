@@ -219,7 +219,8 @@ def close_conn(conn: Conn) -> None:
         _rmtree(conn.extra["wdir"])
 
 
-MAIN_CONFIG = {"gate": {"protected_watchers": ["keep-me"]}}
+# The interim gate's `protected_watchers: [keep-me]`, now the policy's `watchers.protected`.
+MAIN_CONFIG = {"policy": {"document": {"watchers": {"names": ["*"], "protected": ["keep-me"]}}}}
 
 
 @pytest.fixture(scope="module", params=["stdio", "http"])

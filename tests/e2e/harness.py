@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -468,10 +470,55 @@ class DelayProxy:
 # --------------------------------------------------------------------------- warden
 
 
-def base_config(circusd: Circusd | None, workroot: Path, **over: Any) -> dict:
-    """A warden config pointed at `circusd` (or embedded when None) with a small allowlist.
+def e2e_policy(workroot: Path) -> dict:
+    """The policy document every e2e warden gets unless a test says otherwise.
 
-    `over` holds top-level sections (circus=, server=, gate=, log=) deep-merged over the base."""
+    It allows what the suite needs and no more than the interim gate did: `sleep` and the venv's
+    `python3` with any arguments (so that denials in the suite come from the checks under test,
+    not from argument shapes), working directories under `workroot`, the `FOO`/`LANG`/`TZ`
+    variables, at most 4 processes per watcher, `graceful_timeout` 2 s by default (the old
+    `gate.graceful_timeout_s: 2`), and one identity, `local` (stdio callers, and HTTP callers
+    when no tokens are configured), acting only on the watchers it created."""
+    return {
+        "version": 1,
+        "search_path": ["/usr/local/bin", "/usr/bin", "/bin"],
+        "limits": {
+            "max_watchers": 512,
+            "max_total_processes": 1024,
+            "max_processes": 4,
+            "max_args": 64,
+            "max_arg_bytes": 4096,
+            "max_env": 32,
+            "max_env_value_bytes": 4096,
+        },
+        "watchers": {"names": ["*"], "protected": []},
+        "signals": ["HUP", "INT", "TERM", "QUIT", "USR1", "USR2"],
+        "options": {
+            "graceful_timeout": {"min": 1, "max": 60, "default": 2},
+            "max_retry": {"min": 0, "max": 10},
+            "warmup_delay": {"min": 0, "max": 30},
+            "respawn": {},
+        },
+        "env": ["FOO", "LANG", "TZ"],
+        "working_dirs": [str(workroot)],
+        "programs": [
+            {"id": "sleep", "path": SLEEP, "args": {"rest": {"match": "**"}}},
+            {"id": "python", "path": PYTHON,
+             "args": {"flags": {"-c": {"value": {"match": "**"}}}, "rest": {"match": "**"}}},
+        ],
+        "identities": {
+            "local": {"tools": ["*"], "programs": ["*"], "watchers": "owned"},
+        },
+    }
+
+
+def base_config(circusd: Circusd | None, workroot: Path, **over: Any) -> dict:
+    """A warden config pointed at `circusd` (or embedded when None) with the e2e policy.
+
+    `over` holds top-level sections (circus=, server=, policy=, audit=, log=) deep-merged over
+    the base. `policy.document` is the policy itself (deep-merged over `e2e_policy`; lists are
+    replaced): `Warden` writes it to `policy.yaml` in its private directory and points
+    `policy.path` at it, and puts `audit.path` there too unless the test set one."""
     cfg: dict[str, Any] = {
         "circus": {
             "endpoint": circusd.endpoint if circusd else None,
@@ -483,15 +530,36 @@ def base_config(circusd: Circusd | None, workroot: Path, **over: Any) -> dict:
         "server": {
             "transport": "stdio",
         },
-        "gate": {
-            "executables": [SLEEP, PYTHON],
-            "working_dirs": [str(workroot)],
-            "max_processes": 4,
-            "graceful_timeout_s": 2,
-        },
+        "policy": {"document": e2e_policy(workroot)},
         "log": {"format": "human", "level": "debug"},
     }
     return deep_merge(cfg, over)
+
+
+def write_policy(path: Path, doc: dict | str) -> None:
+    """Write a policy file atomically (a reload never sees half a file). A dict is written as
+    JSON, which is YAML."""
+    text = doc if isinstance(doc, str) else json.dumps(doc, indent=2) + "\n"
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of the series `name{labels...}` in a Prometheus text exposition (label order
+    and extra labels do not matter), or 0.0 when no series matches."""
+    total = None
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        series, _, rest = head.partition("{")
+        if series != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total = (total or 0.0) + float(value)
+    return total or 0.0
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -511,11 +579,24 @@ class Warden:
     log_dir: Path | None = None  # set by conftest: keep stderr logs outside the temp dirs
 
     def __init__(self, config: dict, workdir: Path, label: str, env: dict[str, str] | None = None):
-        self.config = config
         self.dir = workdir
         self.label = label
         self.closed = False
         self.dir.mkdir(parents=True, exist_ok=True)
+        config = copy.deepcopy(config)
+        policy = config.setdefault("policy", {})
+        self.policy_path: Path | None = None
+        if "document" in policy:
+            self.policy_path = self.dir / f"{label}.policy.yaml"
+            write_policy(self.policy_path, policy.pop("document"))
+            policy["path"] = str(self.policy_path)
+        elif policy.get("path"):
+            self.policy_path = Path(policy["path"])
+        audit = config.setdefault("audit", {})
+        if "path" not in audit:
+            audit["path"] = str(self.dir / f"{label}.audit.log")
+        self.audit_path: Path | None = Path(audit["path"]) if audit["path"] else None
+        self.config = config
         self.config_path = self.dir / f"{label}.yaml"
         self.config_path.write_text(to_yaml(config) + "\n")
         log_dir = Warden.log_dir or self.dir
@@ -585,6 +666,26 @@ class Warden:
 
     def readyz(self) -> int:
         return self.http().request("GET", "/readyz", timeout=5.0)[0]
+
+    def metrics_text(self) -> str:
+        status, _, body = self.http().request("GET", "/metrics", timeout=5.0)
+        assert status == 200, f"GET /metrics: HTTP {status}: {body[:300]!r}"
+        return body.decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one series on /metrics (0 when absent: counters start unexported)."""
+        return metric_value(self.metrics_text(), name, **labels)
+
+    def write_policy(self, doc: dict | str) -> None:
+        assert self.policy_path is not None, "this warden has no generated policy file"
+        write_policy(self.policy_path, doc)
+
+    def audit_records(self) -> list[dict]:
+        """Every JSON line of the audit log (decision and outcome records)."""
+        assert self.audit_path is not None
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(ln) for ln in self.audit_path.read_text().splitlines() if ln.strip()]
 
     @property
     def pid(self) -> int:

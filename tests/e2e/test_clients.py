@@ -25,6 +25,28 @@ def _env():
     return env
 
 
+# What the client tests need: sleep with an optional duration, for the default identity.
+POLICY = """\
+version: 1
+programs:
+  - id: sleep
+    path: /usr/bin/sleep
+    args:
+      positional:
+        - match: ["[0-9]*", "infinity"]
+identities:
+  local:
+    tools: ["*"]
+    programs: ["*"]
+"""
+
+
+def _policy_and_audit(tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    return f"policy:\n  path: {policy}\naudit:\n  path: {tmp_path / 'audit.log'}\n"
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,7 +61,7 @@ def embedded_http(tmp_path):
     cfg.write_text(
         f"server:\n  transport: http\n  bind: 127.0.0.1:{port}\n"
         f"circus:\n  runtime_dir: {tmp_path}\n"
-        "gate:\n  executables: [/usr/bin/sleep]\n"
+        + _policy_and_audit(tmp_path)
     )
     log = open(tmp_path / "warden.log", "wb")
     proc = subprocess.Popen([BIN, "serve", "--config", str(cfg)], stdout=log, stderr=log, env=_env())
@@ -106,7 +128,7 @@ def test_inspector_cli_over_stdio_lists_tools(tmp_path):
     # The Inspector claims --config for itself: the warden reads its default file instead.
     (tmp_path / "config").mkdir()
     (tmp_path / "config/circus-warden.yaml").write_text(
-        f"circus:\n  runtime_dir: {tmp_path}\ngate:\n  executables: [/usr/bin/sleep]\n"
+        f"circus:\n  runtime_dir: {tmp_path}\n" + _policy_and_audit(tmp_path)
     )
     r = _run(
         [str(NODE), str(TOOLS_BIN / "mcp-inspector"), "--cli", BIN, "serve", "--method", "tools/list"],
@@ -118,5 +140,5 @@ def test_inspector_cli_over_stdio_lists_tools(tmp_path):
     assert names == {
         "add_process", "start_process", "stop_process", "restart_process", "reload_process",
         "remove_process", "scale_process", "signal_process", "list_processes",
-        "get_process_status", "get_process_stats",
+        "get_process_status", "get_process_stats", "explain_policy",
     }

@@ -1,10 +1,13 @@
-"""End-to-end tests of the deny-by-default gate, over stdio and HTTP.
+"""End-to-end tests of the deny-by-default gate (the policy engine), over stdio and HTTP.
 
 Owns: every denial path of add_process and the lifecycle tools (executable allowlist and
 canonicalisation, circus expansions and control bytes in args, watcher names, env, working_dir,
-process cap, signals, protected watchers, unknown argument keys) and the canary check that a
-denied command never ran. Each denial must be a tool result with isError and the contract's
-error shape naming the offending field, and circusd (checked with a raw DEALER) must be unchanged.
+process cap, signals, protected watchers, unknown argument keys, circus options outside the
+policy's `options` allowlist or bounds) and the canary check that a denied command never ran.
+Each denial must be a tool result with isError and the contract's error shape naming the
+offending field and the policy rule that fired, and circusd (checked with a raw DEALER) must
+be unchanged. The policy is harness.e2e_policy (sleep and python with any arguments, so that
+these denials come from the checks under test) with `keep-me` in `watchers.protected`.
 """
 
 from __future__ import annotations
@@ -42,10 +45,18 @@ def snapshot(endpoint: str) -> set[str]:
     return set(watcher_names(endpoint))
 
 
-def expect_add_refused(mcp, args: dict, field: str, kinds=DENIED) -> dict:
+def has_rule(err: dict, rule: str) -> bool:
+    return any(v.get("rule") == rule for v in err.get("violations") or [])
+
+
+def expect_add_refused(mcp, args: dict, field: str | None, kinds=DENIED, rule: str | None = None) -> dict:
+    """The add is refused with one of `kinds`, a violation on `field`, and (when the kind is
+    `denied`) a violation with policy rule `rule`; circusd is unchanged."""
     before = snapshot(mcp.endpoint)
     res = mcp.call("add_process", args)
     err = tool_error(res, kinds, field)
+    if rule is not None and err["kind"] == "denied":
+        assert has_rule(err, rule), f"rule {rule!r} did not fire: {err['violations']}"
     after = snapshot(mcp.endpoint)
     assert after == before, f"circusd watchers changed after a refused add: {sorted(after ^ before)}"
     name = args.get("name")
@@ -61,25 +72,28 @@ def sleep_args(name: str | None = None, **kw) -> dict:
 # --------------------------------------------------------------------------- executables
 
 
-@pytest.mark.parametrize("command", [
-    "/bin/sh",
-    "/usr/bin/env",
-    "../bin/sh",
-    "./sleep",
-    "/usr/bin/../bin/sh",
-    "sh",
-    f"{SLEEP} 10",
-    "/nonexistent/program",
-], ids=["sh", "env", "dotdot-relative", "dot-relative", "dotdot-absolute", "bare-sh", "with-space", "missing"])
-def test_executable_not_allowed(mcp, command):
-    expect_add_refused(mcp, {"name": unique_name(), "command": command, "args": []}, "command")
+@pytest.mark.parametrize("command,rule", [
+    ("/bin/sh", "command.not_allowed"),
+    ("/usr/bin/env", "command.not_allowed"),
+    ("../bin/sh", "command.resolve"),
+    ("./sleep", "command.resolve"),
+    ("/usr/bin/../bin/sh", "command.not_allowed"),
+    ("sh", "command.not_allowed"),
+    (f"{SLEEP} 10", "command.resolve"),
+    ("/nonexistent/program", "command.resolve"),
+    ("/usr/bin/sl*p", "command.glob"),
+], ids=["sh", "env", "dotdot-relative", "dot-relative", "dotdot-absolute", "bare-sh", "with-space", "missing",
+        "glob"])
+def test_executable_not_allowed(mcp, command, rule):
+    expect_add_refused(mcp, {"name": unique_name(), "command": command, "args": []}, "command", rule=rule)
 
 
 def test_symlink_to_disallowed_program(mcp):
     link = mcp.workroot / f"innocent-{mcp.transport}"
     if not link.is_symlink():
         link.symlink_to("/bin/sh")
-    expect_add_refused(mcp, {"name": unique_name(), "command": str(link), "args": ["-c", "true"]}, "command")
+    expect_add_refused(mcp, {"name": unique_name(), "command": str(link), "args": ["-c", "true"]}, "command",
+                       rule="command.not_allowed")
 
 
 def test_symlink_named_like_allowed_program(mcp):
@@ -88,7 +102,21 @@ def test_symlink_named_like_allowed_program(mcp):
     link = d / "sleep"
     if not link.is_symlink():
         link.symlink_to("/bin/sh")
-    expect_add_refused(mcp, {"name": unique_name(), "command": str(link), "args": ["-c", "true"]}, "command")
+    expect_add_refused(mcp, {"name": unique_name(), "command": str(link), "args": ["-c", "true"]}, "command",
+                       rule="command.not_allowed")
+
+
+def test_copy_of_allowed_binary_in_writable_dir(mcp):
+    """A byte-identical copy of sleep outside its allowed path is another program."""
+    import shutil
+
+    d = mcp.workroot / f"copybin-{mcp.transport}"
+    d.mkdir(exist_ok=True)
+    copy = d / "sleep"
+    if not copy.exists():
+        shutil.copy2(SLEEP, copy)
+    expect_add_refused(mcp, {"name": unique_name(), "command": str(copy), "args": ["3600"]}, "command",
+                       rule="command.not_allowed")
 
 
 # --------------------------------------------------------------------------- args
@@ -103,20 +131,20 @@ def test_symlink_named_like_allowed_program(mcp):
     "$(CIRCUS.ENV.HOME)",
 ], ids=["env", "env-embedded", "paren-env", "wid", "paren-wid", "upper"])
 def test_circus_expansion_in_args_denied(mcp, arg):
-    expect_add_refused(mcp, sleep_args(args=["3600", arg]), "args")
+    expect_add_refused(mcp, sleep_args(args=["3600", arg]), "args", rule="text.expansion")
 
 
 @pytest.mark.parametrize("arg", ["a\x00b", "a\nb", "a\rb"], ids=["nul", "newline", "cr"])
 def test_control_bytes_in_args_denied(mcp, arg):
-    expect_add_refused(mcp, sleep_args(args=["3600", arg]), "args", DENIED_OR_INVALID)
+    expect_add_refused(mcp, sleep_args(args=["3600", arg]), "args", DENIED_OR_INVALID, rule="text.control")
 
 
 def test_too_many_args_denied(mcp):
-    expect_add_refused(mcp, sleep_args(args=["1"] * 65), "args", DENIED_OR_INVALID)
+    expect_add_refused(mcp, sleep_args(args=["1"] * 65), "args", DENIED_OR_INVALID, rule="args.count")
 
 
 def test_arg_too_long_denied(mcp):
-    expect_add_refused(mcp, sleep_args(args=["3600", "x" * 4097]), "args", DENIED_OR_INVALID)
+    expect_add_refused(mcp, sleep_args(args=["3600", "x" * 4097]), "args", DENIED_OR_INVALID, rule="args.length")
 
 
 # --------------------------------------------------------------------------- names
@@ -127,8 +155,9 @@ def test_arg_too_long_denied(mcp):
 ], ids=["glob-star", "glob-q", "glob-class", "empty", "upper", "leading-dash", "too-long", "space",
         "slash", "dot", "non-ascii", "circusd-stats", "protected"])
 def test_bad_names_denied(mcp, name):
-    kinds = DENIED if name in ("circusd-stats", "keep-me") else DENIED_OR_INVALID
-    expect_add_refused(mcp, sleep_args(name=name), "name", kinds)
+    protected = name in ("circusd-stats", "keep-me")
+    kinds = DENIED if protected else DENIED_OR_INVALID
+    expect_add_refused(mcp, sleep_args(name=name), "name", kinds, rule="name.protected" if protected else "name.syntax")
 
 
 def test_upper_case_collision(mcp):
@@ -148,7 +177,9 @@ def test_lifecycle_glob_name_denied(mcp, tool):
     ok(mcp.call("add_process", sleep_args(name=name)))
     pids = wait_for(lambda: watcher_pids(mcp.endpoint, name), 15, what="running")
     res = mcp.call(tool, {"name": "glob*"})
-    tool_error(res, DENIED_OR_INVALID + ("not_found",), None)
+    err = tool_error(res, DENIED_OR_INVALID + ("not_found",), None)
+    if err["kind"] == "denied":
+        assert has_rule(err, "name.syntax"), err
     assert watcher_exists(mcp.endpoint, name)
     assert watcher_status(mcp.endpoint, name) == "active"
     assert watcher_pids(mcp.endpoint, name) == pids
@@ -159,42 +190,58 @@ def test_lifecycle_glob_name_denied(mcp, tool):
 
 @pytest.mark.parametrize("var", ["LD_PRELOAD", "PYTHONPATH", "LD_LIBRARY_PATH"])
 def test_dangerous_env_denied(mcp, var):
-    expect_add_refused(mcp, sleep_args(env={var: "/tmp/evil"}), "env")
+    expect_add_refused(mcp, sleep_args(env={var: "/tmp/evil"}), "env", rule="env.denied")
 
 
 def test_env_with_circus_expansion_denied(mcp):
-    expect_add_refused(mcp, sleep_args(env={"FOO": "$(circus.env.HOME)"}), "env")
+    expect_add_refused(mcp, sleep_args(env={"FOO": "$(circus.env.HOME)"}), "env", rule="text.expansion")
+
+
+def test_env_not_in_policy_denied(mcp):
+    expect_add_refused(mcp, sleep_args(env={"BAR": "x"}), "env", rule="env.not_allowed")
+
+
+def test_owner_marker_cannot_be_set(mcp):
+    """CIRCUS_WARDEN_OWNER is how the warden marks ownership: a request may never set it."""
+    expect_add_refused(mcp, sleep_args(env={"CIRCUS_WARDEN_OWNER": "someone-else"}), "env", rule="env.denied")
 
 
 # --------------------------------------------------------------------------- working_dir
 
 
 def test_working_dir_outside_roots(mcp):
-    expect_add_refused(mcp, sleep_args(working_dir="/etc"), "working_dir")
+    expect_add_refused(mcp, sleep_args(working_dir="/etc"), "working_dir", rule="working_dir.roots")
 
 
 def test_working_dir_prefix_sibling(mcp):
     sibling = Path(str(mcp.workroot) + "-evil")
     sibling.mkdir(exist_ok=True)
     try:
-        expect_add_refused(mcp, sleep_args(working_dir=str(sibling)), "working_dir")
+        expect_add_refused(mcp, sleep_args(working_dir=str(sibling)), "working_dir", rule="working_dir.roots")
     finally:
         os.rmdir(sibling)
 
 
 def test_working_dir_dotdot_escape(mcp):
-    expect_add_refused(mcp, sleep_args(working_dir=f"{mcp.workroot}/.."), "working_dir")
+    expect_add_refused(mcp, sleep_args(working_dir=f"{mcp.workroot}/.."), "working_dir", rule="working_dir.roots")
 
 
 def test_working_dir_symlink_escape(mcp):
     link = mcp.workroot / f"etc-link-{mcp.transport}"
     if not link.is_symlink():
         link.symlink_to("/etc")
-    expect_add_refused(mcp, sleep_args(working_dir=str(link)), "working_dir")
+    expect_add_refused(mcp, sleep_args(working_dir=str(link)), "working_dir", rule="working_dir.roots")
 
 
 def test_working_dir_relative(mcp):
-    expect_add_refused(mcp, sleep_args(working_dir="."), "working_dir", DENIED_OR_INVALID)
+    expect_add_refused(mcp, sleep_args(working_dir="."), "working_dir", DENIED_OR_INVALID, rule="working_dir.resolve")
+
+
+def test_working_dir_dangling_symlink(mcp):
+    link = mcp.workroot / f"dangling-{mcp.transport}"
+    if not link.is_symlink():
+        link.symlink_to(mcp.workroot / "does-not-exist")
+    expect_add_refused(mcp, sleep_args(working_dir=str(link)), "working_dir", rule="working_dir.resolve")
 
 
 def test_working_dir_inside_root_allowed(mcp):
@@ -205,18 +252,35 @@ def test_working_dir_inside_root_allowed(mcp):
     assert watcher_options(mcp.endpoint, name)["working_dir"] == str(sub)
 
 
+def test_working_dir_sent_canonical(mcp):
+    """A working_dir given through a symlink and `..` inside the root is sent canonical."""
+    sub = mcp.workroot / f"canon-{mcp.transport}"
+    sub.mkdir(exist_ok=True)
+    link = mcp.workroot / f"canon-link-{mcp.transport}"
+    if not link.is_symlink():
+        link.symlink_to(sub)
+    name = unique_name()
+    ok(mcp.call("add_process", sleep_args(name=name, working_dir=f"{link}/../{sub.name}/.")))
+    assert watcher_options(mcp.endpoint, name)["working_dir"] == str(sub)
+
+
 # --------------------------------------------------------------------------- process cap
 
 
 def test_num_processes_over_cap(mcp):
-    expect_add_refused(mcp, sleep_args(num_processes=5), "num_processes")
+    expect_add_refused(mcp, sleep_args(num_processes=5), "num_processes", rule="processes.per_watcher")
+
+
+def test_num_processes_zero(mcp):
+    expect_add_refused(mcp, sleep_args(num_processes=0), "num_processes", rule="processes.per_watcher")
 
 
 def test_scale_over_cap(mcp):
     name = unique_name()
     ok(mcp.call("add_process", sleep_args(name=name, num_processes=2)))
     res = mcp.call("scale_process", {"name": name, "num_processes": 5})
-    tool_error(res, DENIED, "num_processes")
+    err = tool_error(res, DENIED, "num_processes")
+    assert has_rule(err, "processes.per_watcher"), err
     assert circus_call(mcp.endpoint, "numprocesses", name=name)["numprocesses"] == 2
 
 
@@ -229,7 +293,9 @@ def test_signal_not_allowed(mcp, sig):
     ok(mcp.call("add_process", sleep_args(name=name)))
     (pid,) = wait_for(lambda: watcher_pids(mcp.endpoint, name), 15, what="running")
     res = mcp.call("signal_process", {"name": name, "signal": sig})
-    tool_error(res, DENIED_OR_INVALID if sig == "BOGUS" else DENIED, "signal")
+    err = tool_error(res, DENIED_OR_INVALID if sig == "BOGUS" else DENIED, "signal")
+    if err["kind"] == "denied":
+        assert has_rule(err, "signal.not_allowed"), err
     time.sleep(0.3)  # a signal, if sent, acts at once
     assert pid_alive(pid) and psutil_status_ok(pid)
     assert watcher_pids(mcp.endpoint, name) == [pid]
@@ -259,7 +325,8 @@ def protected_watcher(mcp):
 ])
 def test_protected_watcher_untouched(mcp, protected_watcher, tool, extra):
     res = mcp.call(tool, {"name": "keep-me", **extra})
-    tool_error(res, DENIED, "name")
+    err = tool_error(res, DENIED, "name")
+    assert has_rule(err, "name.protected"), err
     assert watcher_status(mcp.endpoint, "keep-me") == "active"
     assert watcher_pids(mcp.endpoint, "keep-me") == protected_watcher
     assert circus_call(mcp.endpoint, "numprocesses", name="keep-me")["numprocesses"] == 1
@@ -268,7 +335,26 @@ def test_protected_watcher_untouched(mcp, protected_watcher, tool, extra):
 @pytest.mark.parametrize("tool", ["stop_process", "remove_process", "restart_process"])
 def test_circusd_stats_never_touched(mcp, tool):
     res = mcp.call(tool, {"name": "circusd-stats"})
-    tool_error(res, DENIED, "name")
+    err = tool_error(res, DENIED, "name")
+    assert has_rule(err, "name.protected"), err
+
+
+@pytest.mark.parametrize("tool,extra", [
+    ("stop_process", {}), ("remove_process", {}), ("signal_process", {"signal": "TERM"}),
+    ("scale_process", {"num_processes": 2}),
+])
+def test_watcher_not_created_through_the_warden_untouched(mcp, tool, extra):
+    """`watchers: owned`: a watcher added to circusd directly (an ini service, another tool)
+    has no owner, so the caller may not act on it."""
+    ep = mcp.endpoint
+    name = unique_name("foreign")
+    circus_call(ep, "add", name=name, cmd=SLEEP, args=["3600"], start=True, waiting=True)
+    pids = wait_for(lambda: watcher_pids(ep, name), 15, what="foreign watcher running")
+    res = mcp.call(tool, {"name": name, **extra})
+    err = tool_error(res, DENIED, "name")
+    assert has_rule(err, "watcher.scope"), err
+    assert watcher_status(ep, name) == "active"
+    assert watcher_pids(ep, name) == pids
 
 
 # --------------------------------------------------------------------------- unknown argument keys
@@ -291,6 +377,47 @@ def test_unknown_argument_keys_rejected(mcp, key, value):
     names_key = any(key in str(v.get("field", "")) or key in str(v.get("message", ""))
                     for v in err.get("violations") or []) or key in err["message"]
     assert names_key, f"error does not name the unknown key {key!r}: {err}"
+
+
+@pytest.mark.parametrize("key,value", [
+    ("hooks", {"before_start": "os.system"}),
+    ("hooks.before_start", "os.system"),
+    ("shell", True),
+    ("copy_env", True),
+    ("stdout_stream", {"class": "subprocess.Popen", "args": ["/usr/bin/true"]}),
+    ("stderr_stream.class", "subprocess.Popen"),
+    ("uid", 0),
+    ("gid", 0),
+    ("rlimit_nofile", None),
+    ("env", {"LD_PRELOAD": "/tmp/x.so"}),
+    ("cmd", "/bin/sh"),
+    ("args", ["-c", "id"]),
+    ("numprocesses", 50),
+    ("working_dir", "/"),
+    ("use_sockets", True),
+], ids=["hooks", "hooks-dotted", "shell", "copy_env", "stdout_stream", "stderr_stream-dotted", "uid", "gid",
+        "rlimit", "env", "cmd", "args", "numprocesses", "working_dir", "use_sockets"])
+def test_circus_options_outside_allowlist_denied(mcp, key, value):
+    """`options{}` carries only keys the policy's `options` lists; everything else is denied."""
+    expect_add_refused(mcp, sleep_args(options={key: value}), f"options.{key}", rule="options.not_allowed")
+
+
+@pytest.mark.parametrize("key,value", [
+    ("graceful_timeout", 61), ("graceful_timeout", 0.5), ("graceful_timeout", -1), ("graceful_timeout", "10"),
+    ("max_retry", 11), ("warmup_delay", 1e9), ("respawn", "yes"), ("respawn", 1),
+], ids=["gt-over", "gt-under", "gt-negative", "gt-string", "retry-over", "warmup-huge", "respawn-str", "respawn-int"])
+def test_circus_options_out_of_bounds_denied(mcp, key, value):
+    expect_add_refused(mcp, sleep_args(options={key: value}), f"options.{key}", rule="options.bound")
+
+
+def test_circus_options_within_bounds_sent(mcp):
+    name = unique_name()
+    ok(mcp.call("add_process", sleep_args(name=name, options={"graceful_timeout": 7, "max_retry": 3,
+                                                               "respawn": False})))
+    opts = watcher_options(mcp.endpoint, name)
+    assert float(opts["graceful_timeout"]) == 7.0
+    assert int(opts["max_retry"]) == 3
+    assert opts["respawn"] is False
 
 
 # --------------------------------------------------------------------------- canary
@@ -318,6 +445,8 @@ def test_denied_commands_never_run(mcp):
     cases.append({"command": PYTHON, "args": ["-c", s, "$(circus.env.HOME)"]})
     s, _ = touch_script("hooks")
     cases.append({"command": PYTHON, "args": ["-c", s], "hooks": {"before_start": "os.getcwd"}})
+    s, _ = touch_script("hooks_option")
+    cases.append({"command": PYTHON, "args": ["-c", s], "options": {"hooks": {"before_start": "os.getcwd"}}})
     s, _ = touch_script("cap")
     cases.append({"command": PYTHON, "args": ["-c", s], "num_processes": 5})
     s, _ = touch_script("shell")
@@ -327,6 +456,9 @@ def test_denied_commands_never_run(mcp):
     _, p = touch_script("stream")
     cases.append({"command": SLEEP, "args": ["3600"],
                   "stdout_stream": {"class": "subprocess.Popen", "args": ["/usr/bin/touch", str(p)]}})
+    _, p = touch_script("stream_option")
+    cases.append({"command": SLEEP, "args": ["3600"],
+                  "options": {"stdout_stream": {"class": "subprocess.Popen", "args": ["/usr/bin/touch", str(p)]}}})
     s, _ = touch_script("nul")
     cases.append({"command": PYTHON, "args": ["-c", s, "a\x00b"]})
 

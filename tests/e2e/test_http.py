@@ -56,7 +56,9 @@ def test_readyz_follows_circusd(warden_factory, circusd: Circusd, workroot):
 
 @pytest.fixture
 def auth_warden(http_warden):
-    return http_warden(server={"tokens": [{"identity": "ci", "token": TOKEN}]})
+    # With tokens, a caller's identity is its token's; the policy must name it.
+    return http_warden(server={"tokens": [{"identity": "ci", "token": TOKEN}]},
+                       policy={"document": {"identities": {"ci": {"tools": ["*"], "programs": ["*"]}}}})
 
 
 @pytest.mark.parametrize("auth", [None, "Bearer wrong-token", f"Bearer {TOKEN}x", f"Basic {TOKEN}", TOKEN,

@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.usefixtures("cleanup_watchers"), pytest.mark.timeout(1
 TOOLS = {
     "add_process", "start_process", "stop_process", "restart_process", "reload_process",
     "remove_process", "scale_process", "signal_process", "list_processes",
-    "get_process_status", "get_process_stats",
+    "get_process_status", "get_process_stats", "explain_policy",
 }
 
 
@@ -67,7 +67,7 @@ def test_tools_are_listed_with_schemas(mcp):
         schema = tools[name].get("inputSchema")
         assert isinstance(schema, dict) and schema.get("type") == "object", f"{name}: inputSchema {schema}"
     props = tools["add_process"]["inputSchema"].get("properties", {})
-    for key in ("name", "command", "args", "working_dir", "env", "num_processes", "start"):
+    for key in ("name", "command", "args", "working_dir", "env", "num_processes", "start", "options"):
         assert key in props, f"add_process inputSchema lacks {key}: {sorted(props)}"
     required = set(tools["add_process"]["inputSchema"].get("required", []))
     assert {"name", "command"} <= required, f"add_process required: {required}"
@@ -93,7 +93,10 @@ def test_add_process_creates_watcher(mcp):
     assert opts["shell"] is False
     assert opts["numprocesses"] == 1
     assert opts.get("uid") is None and opts.get("gid") is None
-    assert float(opts["graceful_timeout"]) == 2.0, f"gate.graceful_timeout_s not applied: {opts['graceful_timeout']}"
+    assert float(opts["graceful_timeout"]) == 2.0, (
+        f"the policy's options.graceful_timeout.default not applied: {opts['graceful_timeout']}")
+    assert opts["env"].get("CIRCUS_WARDEN_OWNER") == "local", f"owner marker missing: {opts.get('env')}"
+    assert opts["stop_children"] is True and opts["close_child_stdin"] is True
     pids = wait_active(mcp.endpoint, name)
     proc = psutil.Process(pids[0])
     assert proc.cmdline() == [SLEEP, "3600"]
