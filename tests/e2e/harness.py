@@ -512,13 +512,14 @@ def e2e_policy(workroot: Path) -> dict:
     }
 
 
-def base_config(circusd: Circusd | None, workroot: Path, **over: Any) -> dict:
+def base_config(circusd: Circusd | None, workroot: Path, policy_document: dict | None = None, **over: Any) -> dict:
     """A warden config pointed at `circusd` (or embedded when None) with the e2e policy.
 
     `over` holds top-level sections (circus=, server=, policy=, audit=, log=) deep-merged over
     the base. `policy.document` is the policy itself (deep-merged over `e2e_policy`; lists are
     replaced): `Warden` writes it to `policy.yaml` in its private directory and points
-    `policy.path` at it, and puts `audit.path` there too unless the test set one."""
+    `policy.path` at it, and puts `audit.path` there too unless the test set one.
+    `policy_document` replaces the e2e policy instead (then `policy.document` still merges)."""
     cfg: dict[str, Any] = {
         "circus": {
             "endpoint": circusd.endpoint if circusd else None,
@@ -530,7 +531,7 @@ def base_config(circusd: Circusd | None, workroot: Path, **over: Any) -> dict:
         "server": {
             "transport": "stdio",
         },
-        "policy": {"document": e2e_policy(workroot)},
+        "policy": {"document": policy_document if policy_document is not None else e2e_policy(workroot)},
         "log": {"format": "human", "level": "debug"},
     }
     return deep_merge(cfg, over)
