@@ -141,3 +141,31 @@ async fn mutations_retry_while_circusd_holds_its_lock() {
     // It only succeeded once the lock was free: it waited through at least one retry.
     assert!(started.elapsed() >= Duration::from_millis(100), "no retry happened ({:?})", started.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_events_feed_the_process_view() {
+    use circus_warden::circus::events::{follow, CrashLoop, ProcessView};
+    let circus = Circusd::start();
+    let client = CircusClient::start(&circus.control, limits(10_000), None).unwrap();
+    let view = ProcessView::new(None, CrashLoop::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    // A long reconcile interval: whatever the view learns below comes from events.
+    tokio::spawn(follow(client.clone(), Some(circus.pubsub.clone()), view.clone(), Duration::from_secs(3600), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.call(add("ev", "/bin/sleep", &["300"], true)).await.unwrap();
+    let pids = circus.call("list", json!({"name": "ev"}))["pids"].clone();
+    let seen = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let w = view.get("ev").unwrap_or_default();
+            if w.spawns >= 1 || Instant::now() > deadline {
+                break w;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(seen.spawns, 1, "no spawn event reached the view");
+    assert_eq!(json!(seen.pids.iter().collect::<Vec<_>>()), pids);
+    assert_eq!(seen.state, "active");
+    stop.cancel();
+}

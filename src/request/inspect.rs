@@ -25,16 +25,19 @@ pub async fn list(w: &Warden) -> Result<ListOutput, ToolError> {
     Ok(ListOutput { processes })
 }
 
+/// One round trip in the common case: the state comes from circusd, the pids and counters
+/// from the event view. Only when the view knows no pid of a watcher that circusd calls
+/// active (events not arrived yet) are the pids asked for.
 pub async fn status(w: &Warden, name: &str) -> Result<StatusOutput, ToolError> {
     let name = parse_name(name)?;
-    // Both asked at once on the shared socket; replies are matched by id.
-    let (status, list) = tokio::join!(
-        w.client.call(Command::Status { name: Some(name.clone()) }),
-        w.client.call(Command::List { name: Some(name.clone()) }),
-    );
-    let state = status?.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string();
-    let pids = pid_set(&list?);
+    let status = w.client.call(Command::Status { name: Some(name.clone()) }).await?;
+    let state = status.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string();
     let seen = w.view.get(name.as_str()).unwrap_or_default();
+    let pids = if seen.pids.is_empty() && state == "active" {
+        pid_set(&w.client.call(Command::List { name: Some(name.clone()) }).await?)
+    } else {
+        seen.pids
+    };
     Ok(StatusOutput { name: name.to_string(), state, pids, spawns: seen.spawns, restarts: seen.restarts, last_exit: seen.last_exit })
 }
 
