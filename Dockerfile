@@ -8,8 +8,9 @@
 #   (b) chart, container "warden":   args `circus-warden serve --transport http --config
 #       /etc/circus-warden/config.yaml` -> the MCP server; talks to (a) over the shared ipc
 #       sockets only (no TCP endpoint, no multicast).
-#   (c) standalone (the default CMD): `circus-warden serve --transport http --bind
-#       0.0.0.0:8731` with no circus.endpoint -> the warden starts its own circusd (found on
+#   (c) standalone (the default CMD): `circus-warden serve` with
+#       /opt/circus-warden/config/circus-warden.yaml (HTTP on 0.0.0.0:8731, no circus.endpoint)
+#       and policies/default.yaml (read-only) -> the warden starts its own circusd (found on
 #       PATH: /opt/circus/bin) with sockets in a private 0700 directory under /tmp.
 # tini is PID 1 in every case: it forwards signals and reaps orphans that circusd's children
 # leave behind (circusd only reaps its direct children).
@@ -71,10 +72,15 @@ RUN echo 'circus:x:10001:10001:circus-warden:/nonexistent:/usr/sbin/nologin' >> 
     && echo 'circus:x:10001:' >> /etc/group
 COPY --from=circus /opt/circus /opt/circus
 COPY --from=build /out/circus-warden /usr/local/bin/circus-warden
+# Standalone defaults, laid out like a source checkout (config/, policies/) so that a plain
+# `circus-warden serve` in the working directory finds them: HTTP on 0.0.0.0:8731, an
+# embedded circusd, and a read-only policy. The chart passes its own --config and mounts its
+# own policies, and runs circusd with /tmp as its working directory.
+COPY deploy/image/ /opt/circus-warden/
 ENV PATH=/opt/circus/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-WORKDIR /tmp
+WORKDIR /opt/circus-warden
 USER 10001:10001
 EXPOSE 8731
 # No Docker HEALTHCHECK: the image runs two different programs (circusd or the warden, on a
@@ -82,4 +88,4 @@ EXPOSE 8731
 # chart probes /healthz, /readyz and `circusctl status` instead.
 # checkov:skip=CKV_DOCKER_2:one image runs circusd or the warden; the chart defines per-container probes
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["circus-warden", "serve", "--transport", "http", "--bind", "0.0.0.0:8731"]
+CMD ["circus-warden", "serve"]

@@ -2,9 +2,10 @@
 # tests/deploy/container_smoke.sh -- builds the real Dockerfile with a local Docker engine and
 # runs the image three ways (owned by the deployment artefacts; run by `make test-container`):
 #   1. `circus-warden --version` and `circusd --version`;
-#   2. standalone embedded mode (`circus-warden serve`, circusd started by the warden), as the
-#      chart's security context would run it (read-only root, tmpfs /tmp, no capabilities,
-#      uid 10001) on a loopback port with --network host; /readyz must answer 200;
+#   2. standalone embedded mode: the image's default CMD (`circus-warden serve` with the
+#      image's config and policy; circusd started by the warden), as the chart's security
+#      context would run it (read-only root, tmpfs /tmp, no capabilities, uid 10001) on a
+#      loopback port with --network host; /readyz must answer 200;
 #   3. the chart's pod layout: two containers of the image, `circusd /etc/circus/circus.ini`
 #      and `circus-warden serve --config ...` with the files rendered by the chart, sharing
 #      only a /run/circus directory (the ipc sockets, 0700, uid 10001); /readyz must answer
@@ -145,12 +146,14 @@ out=$(docker run --rm "${HARDEN[@]}" "$IMAGE" circusd --version)
 echo "circusd $out"; [[ $out == 0.19.0* ]]
 test "$(docker run --rm "$IMAGE" id -u)" = 10001
 
-step "2. standalone embedded mode on 127.0.0.1 (--network host)"
+step "2. standalone: the default CMD, embedded circusd, on 127.0.0.1 (--network host)"
 PORT=$(free_port)
 C=cw-smoke-embedded-$$
 CONTAINERS+=("$C")
-docker run -d --name "$C" --network host "${HARDEN[@]}" "$IMAGE" \
-    circus-warden serve --transport http --bind "127.0.0.1:$PORT" >/dev/null
+# The image's own config and policy; only the port moves (0.0.0.0:8731 on the host network
+# could collide with anything else on this machine).
+docker run -d --name "$C" --network host "${HARDEN[@]}" -e "CIRCUS_WARDEN_SERVER__BIND=127.0.0.1:$PORT" \
+    "$IMAGE" >/dev/null
 START=$(date +%s%N)
 if ! wait_ready "http://127.0.0.1:$PORT/readyz" 60; then docker logs "$C" >&2; exit 1; fi
 echo "ready after $(( ($(date +%s%N) - START) / 1000000 )) ms"
@@ -169,7 +172,8 @@ CD=cw-smoke-circusd-$$; CW=cw-smoke-warden-$$
 CONTAINERS+=("$CD" "$CW")
 mapfile -t CIRCUSD_ARGS < "$WORK/pod/circusd.args"
 mapfile -t WARDEN_ARGS < "$WORK/pod/warden.args"
-docker run -d --name "$CD" --network none "${HARDEN[@]}" \
+CIRCUSD_WD=$(cat "$WORK/pod/circusd.workdir")
+docker run -d --name "$CD" --network none "${HARDEN[@]}" ${CIRCUSD_WD:+-w "$CIRCUSD_WD"} \
     -v "$RUN_DIR:/run/circus" -v "$WORK/pod/etc-circus:/etc/circus:ro" \
     "$IMAGE" "${CIRCUSD_ARGS[@]}" >/dev/null
 # Same files and args as the pod; only the bind moves to a free loopback port (host network).

@@ -8,6 +8,8 @@
                                   --strict does for built-in kinds.
   manifests.py rules FILE OUT     write the `spec` of the PrometheusRule in FILE to OUT as a
                                   Prometheus rules file (for promtool check/test rules).
+  manifests.py files FILE DIR     write every ConfigMap key in FILE to DIR/<ConfigMap>/<key>
+                                  (for `circus-warden config check` / `policy check`).
 
 Runs with the deploy tools venv (PyYAML and jsonschema come with kubernetes-validate).
 """
@@ -118,11 +120,25 @@ def cmd_rules(path, out):
     return 0
 
 
+def cmd_files(path, out):
+    for doc in load_docs(path):
+        if doc.get("kind") != "ConfigMap":
+            continue
+        target = pathlib.Path(out) / doc["metadata"]["name"]
+        target.mkdir(parents=True, exist_ok=True)
+        for key, text in (doc.get("data") or {}).items():
+            (target / key).write_text(text, encoding="utf-8")
+            print(target / key)
+    return 0
+
+
 def main(argv):
     if len(argv) == 3 and argv[1] == "crds":
         return cmd_crds(argv[2])
     if len(argv) == 4 and argv[1] == "rules":
         return cmd_rules(argv[2], argv[3])
+    if len(argv) == 4 and argv[1] == "files":
+        return cmd_files(argv[2], argv[3])
     print(__doc__, file=sys.stderr)
     return 2
 

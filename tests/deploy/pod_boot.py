@@ -245,6 +245,7 @@ def extract_only(pod: Pod, out: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
     for name in ("circusd", "warden"):
         (out / f"{name}.args").write_text("\n".join(pod.containers[name]["args"]) + "\n")
+        (out / f"{name}.workdir").write_text(pod.containers[name].get("workingDir", "") + "\n")
     env = pod.env("warden")
     (out / "warden.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     probe = pod.containers["circusd"].get("livenessProbe", {}).get("exec", {}).get("command", ["true"])
@@ -366,7 +367,9 @@ def start(pod: Pod, name: str, root: Path, rw: Rewriter, bin_path: str, procs: l
         fail(f"{name}: {args[0]} not found")
     env = {"PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
     env.update({k: rw(v) for k, v in pod.env(name).items()})
-    cwd = rw.path("/tmp") if rw.path("/tmp").is_dir() else root
+    # The container's workingDir; without one the image's WORKDIR, which is not mounted here
+    # (the warden gets absolute paths for everything), so the temp root stands in for it.
+    cwd = rw.path(c["workingDir"]) if c.get("workingDir") else root
     logf = open(root / f"{name}.log", "wb")
     log(f"start {name}: {' '.join([program] + args[1:])}  (cwd {cwd}, env {sorted(env)})")
     p = subprocess.Popen([program] + args[1:], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=logf,

@@ -10,7 +10,9 @@
 #      test, and those two are validated strictly against the vendored Prometheus Operator
 #      CRDs (manifests.py crds). The capability check is tested too: without the
 #      monitoring.coreos.com/v1 API neither is rendered.
-#   3. checkov (helm framework, for each values file; dockerfile framework) and hadolint.
+#   3. `circus-warden config check` and `policy check` (the built binary) on the config.yaml and
+#      policy each values file renders, and on the image's standalone files (deploy/image);
+#      checkov (helm framework, for each values file; dockerfile framework) and hadolint.
 #   4. promtool check rules on the rendered PrometheusRule and promtool test rules
 #      (tests/deploy/rules-test.yml: every alert, firing and not firing).
 #   5. pod_boot.py: the rendered pod booted locally (circusd + the warden, the chart's files,
@@ -89,6 +91,17 @@ if "$HELM" template "$RELEASE" "$CHART" -n "$NAMESPACE" -f tests/deploy/values-a
     echo "ServiceMonitor/PrometheusRule rendered without the monitoring.coreos.com/v1 API" >&2; exit 1
 fi
 echo "capability check: no ServiceMonitor/PrometheusRule without monitoring.coreos.com/v1"
+step_end
+
+step "circus-warden config check / policy check (rendered files, the image's files)"
+BIN=${CIRCUS_WARDEN_BIN:-$ROOT/target/release/circus-warden}
+for n in "${NAMES[@]}"; do
+    "$TOOLS/python" tests/deploy/manifests.py files "$OUT/$n.yaml" "$OUT/files-$n" > /dev/null
+    "$BIN" config check --config "$OUT/files-$n/$RELEASE-circus-warden-config/config.yaml" 2>&1 | sed "s/^/[$n] config.yaml: /"
+    "$BIN" policy check "$OUT/files-$n/$RELEASE-circus-warden-policies/default.yaml" | sed "s/^/[$n] /"
+done
+(cd deploy/image && "$BIN" config check 2>&1 | sed "s/^/[image] config\/circus-warden.yaml: /")
+"$BIN" policy check deploy/image/policies/default.yaml | sed "s/^/[image] /"
 step_end
 
 step "checkov (helm: each values file; dockerfile)"
