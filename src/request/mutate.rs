@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use super::tools::{ActionOutput, AddArgs, AddOutput, ExplainArgs, RemoveOutput, ScaleArgs, ScaleOutput, SignalArgs, SignalOutput};
 use super::{ErrorKind, ToolError, Warden};
-use crate::circus::{Command, WatcherName};
+use crate::circus::{CircusError, Command, WatcherName};
 use crate::policy::{cases, Action, AddRequest};
 
 /// Gate, send, record the outcome. Returns the command sent and circusd's reply.
@@ -20,7 +20,18 @@ async fn run(w: &Warden, identity: &str, action: Action) -> Result<(Command, Val
         _ => w.client.call(cmd.clone()).await,
     };
     w.gate.done(&admitted, &result);
-    Ok((cmd, result?))
+    match result {
+        Ok(reply) => Ok((cmd, reply)),
+        // The command reached circusd (it is only sent over a live connection) but its answer
+        // did not: circusd may still carry it out. Retrying blindly could do it twice.
+        Err(e @ CircusError::Timeout(_)) => {
+            let mut err = ToolError::from(e);
+            err.retryable = false;
+            err.message.push_str("; the change may still take effect: check with get_process_status before retrying");
+            Err(err)
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn watcher(cmd: &Command) -> String {
