@@ -96,6 +96,8 @@ const SIGNALS: &[(&str, i32)] = &[
     ("TSTP", libc::SIGTSTP),
     ("WINCH", libc::SIGWINCH),
     ("ALRM", libc::SIGALRM),
+    ("TTIN", libc::SIGTTIN),
+    ("TTOU", libc::SIGTTOU),
 ];
 
 /// Normalises `"hup"`, `"SIGHUP"` or `"HUP"` to `("HUP", 1)`; `None` for anything else.

@@ -26,6 +26,9 @@ pub const DENIED_ENV: &[&str] = &[
 pub const DENIED_ENV_PREFIXES: &[&str] =
     &["LD_", "DYLD_", "GIT_CONFIG", "CIRCUS", "PYTHON", "NODE_", "NPM_CONFIG_", "GLIBC_", "BASH_FUNC_", "PERL", "RUBY"];
 pub const DENIED_ENV_SUFFIXES: &[&str] = &["_PROXY"];
+/// Names under a denied prefix that only switch behaviour and load nothing; a policy may list them.
+pub const HARMLESS_IN_DENIED_FAMILIES: &[&str] =
+    &["NODE_ENV", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING", "PYTHONHASHSEED", "PYTHONUTF8"];
 
 /// The circus options a policy may allow requests to set, and whether each is a number.
 /// Everything else (hooks, streams, shell, copy_env, rlimit_*, uid/gid, env, cmd, args,
@@ -44,6 +47,9 @@ pub const SETTABLE_OPTIONS: &[(&str, bool)] = &[
 
 pub fn env_denied(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
+    if HARMLESS_IN_DENIED_FAMILIES.contains(&name) {
+        return false;
+    }
     DENIED_ENV.contains(&upper.as_str())
         || DENIED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
         || DENIED_ENV_SUFFIXES.iter().any(|s| upper.ends_with(s))
