@@ -50,6 +50,7 @@ run: venv build
 test: venv tools
 	$(VENV_PATH) cargo test --release
 	cargo build --release
+	$(BIN) policy test policies/tests
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
 
 # the two halves of `test`, for iterating
