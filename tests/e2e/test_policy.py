@@ -750,3 +750,55 @@ def test_denied_requests_never_reach_circusd(conn_factory, circusd: Circusd, wor
     subprocess.run([str(fx["bindir"] / "python3"), "-c", f"touch {c('copied-sh')}"], check=True, timeout=30)
     assert {"outside-script", "sitecustomize", "pth", "copied-sh"} <= {p.name for p in C.iterdir()}, \
         sorted(p.name for p in C.iterdir())
+
+
+# =========================================================================== known warden faults
+# Each test states the contract and fails today because the warden breaks it (src/ is not
+# this suite's to change). strict=True: once the warden is fixed the xfail turns into a
+# failure, so the mark is removed and the test guards the fix.
+
+
+@pytest.mark.xfail(strict=True, reason="warden fault: scale_process checks only limits.max_processes, "
+                   "not the program's max_processes (decide.rs `scale`), so a watcher capped at 1 by its "
+                   "program can be scaled to the global limit")
+def test_scale_respects_the_programs_process_cap(conn_factory, clean_circusd, workroot):
+    ep = clean_circusd.endpoint
+    doc = e2e_policy(workroot)
+    doc["programs"][0]["max_processes"] = 1  # sleep: one process per watcher
+    conn = conn_factory("stdio", clean_circusd, workroot, "scalecap", config_over={"policy_document": doc})
+    name = unique_name("cap")
+    denied(conn.call("add_process", sleep_add(name, num_processes=2)), "processes.per_watcher")
+    ok(conn.call("add_process", sleep_add(name)))
+    res = conn.call("scale_process", {"name": name, "num_processes": 3})
+    n = circus_call(ep, "numprocesses", name=name)["numprocesses"]
+    assert res.get("isError") is True and n == 1, f"scaled past the program's cap to {n}: {res}"
+
+
+@pytest.mark.xfail(strict=True, reason="warden fault: when several programs share one executable path, "
+                   "decide_add checks the arguments against the first program the identity may use only "
+                   "(`.find(...)` in decide.rs), so a request that fits another allowed program is denied")
+def test_two_programs_on_one_executable(conn_factory, clean_circusd, workroot):
+    doc = e2e_policy(workroot)
+    doc["programs"] = [
+        {"id": "nap-short", "path": SLEEP, "args": {"positional": [{"match": "[1-9]"}], "min_positional": 1}},
+        {"id": "nap-long", "path": SLEEP, "args": {"positional": [{"match": "[1-9][0-9][0-9]"}], "min_positional": 1}},
+    ]
+    conn = conn_factory("stdio", clean_circusd, workroot, "twoprogs", config_over={"policy_document": doc})
+    ok(conn.call("add_process", {"name": unique_name("short"), "command": SLEEP, "args": ["5"]}))
+    ok(conn.call("add_process", {"name": unique_name("long"), "command": SLEEP, "args": ["500"]}))
+
+
+@pytest.mark.xfail(strict=True, reason="warden fault: explain_policy decodes lifecycle arguments with "
+                   "policy::cases::action, whose Start/Stop/Scale/Signal variants accept unknown fields, while "
+                   "the tools reject them (NameArgs etc. deny_unknown_fields): explain says allow for a call "
+                   "that is refused as invalid_arguments")
+def test_explain_policy_and_the_call_agree_on_unknown_fields(conn_factory, clean_circusd, workroot):
+    conn = conn_factory("stdio", clean_circusd, workroot, "explain-fields")
+    name = unique_name("mine")
+    ok(conn.call("add_process", sleep_add(name)))
+    args = {"name": name, "match": "glob"}
+    real = conn.call("stop_process", args)
+    tool_error(real, ("invalid_arguments",))
+    ex = conn.call("explain_policy", {"tool": "stop_process", "arguments": args})
+    assert ex.get("isError") is True or ex["structuredContent"]["decision"] == "deny", \
+        f"explain_policy allows what the tool refuses: {ex.get('structuredContent')}"
