@@ -127,11 +127,16 @@ else
 fi
 
 step "docker build $IMAGE (the real Dockerfile, every stage)"
-BUILD_START=$(date +%s)
-timed docker build --network host --pull=false \
-    --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    -t "$IMAGE" . 2>&1 | tail -n 40
-echo "build took $(( $(date +%s) - BUILD_START ))s; image size: $(docker image inspect -f '{{.Size}}' "$IMAGE") bytes"
+if [[ -n ${SMOKE_REUSE_IMAGE:-} ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    echo "SMOKE_REUSE_IMAGE set: testing the existing $IMAGE (for iterating on this script)"
+else
+    BUILD_START=$(date +%s)
+    timed docker build --network host --pull=false \
+        --build-arg REVISION="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+        -t "$IMAGE" . 2>&1 | tail -n 40
+    echo "build took $(( $(date +%s) - BUILD_START ))s"
+fi
+echo "image size: $(docker image inspect -f '{{.Size}}' "$IMAGE") bytes"
 docker image inspect -f 'user={{.Config.User}} entrypoint={{.Config.Entrypoint}} cmd={{.Config.Cmd}}' "$IMAGE"
 docker image inspect -f '{{range $k, $v := .Config.Labels}}{{$k}}={{$v}}{{"\n"}}{{end}}' "$IMAGE" | grep '^org.opencontainers.image.title='
 
@@ -185,4 +190,15 @@ if ! wait_ready "http://127.0.0.1:$PORT/readyz" 60; then docker logs "$CD" >&2; 
 ls -ln "$RUN_DIR"
 mapfile -t PROBE < "$WORK/pod/circusd.liveness"
 docker exec "$CD" "${PROBE[@]}" >/dev/null && echo "circusd liveness probe command: ok"
+# The tokens arrived through the env file exactly as the kubelet would set them.
+TOKEN=$(sed -n 's/^CIRCUS_WARDEN_SERVER__TOKENS=.*token="\([^"]*\)".*/\1/p' "$WORK/pod/warden.env" | head -n 1)
+INIT='{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"smoke","version":"0"}}}'
+mcp_status() {
+    curl -s -o /dev/null -w '%{http_code}' --max-time 10 -X POST "http://127.0.0.1:$PORT/mcp" \
+        -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' "$@" --data "$INIT"
+}
+[[ -n $TOKEN ]] || { echo "no token in the rendered warden env" >&2; exit 1; }
+code=$(mcp_status -H "Authorization: Bearer $TOKEN"); echo "POST /mcp initialize with the token -> $code"; [[ $code == 200 ]]
+code=$(mcp_status); echo "POST /mcp initialize without a token -> $code"; [[ $code == 401 ]]
 docker stop -t 20 "$CW" "$CD" >/dev/null
+echo "exit codes after docker stop: warden $(docker inspect -f '{{.State.ExitCode}}' "$CW"), circusd $(docker inspect -f '{{.State.ExitCode}}' "$CD")"
