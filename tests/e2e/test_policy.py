@@ -427,7 +427,8 @@ def test_audit_records_every_concurrent_decision_exactly_once(token_warden, clea
             calls.append(("add_process", sleep_add(f"{n}-ok-{i}", env={"FOO": f"{secret}-{n}-{i}"}), "allow"))
         calls.append(("add_process", sleep_add(f"{n}-env", env={"LD_PRELOAD": f"/tmp/{secret}.so"}), "deny"))
         calls.append(("add_process", {"name": f"{n}-sh", "command": "/bin/sh", "args": ["-c", "id"]}, "deny"))
-        calls.append(("scale_process", {"name": f"{n}-ok-0", "num_processes": 99}, "deny"))
+        # (a lifecycle call on a watcher that does not exist: its order against the adds is free)
+        calls.append(("scale_process", {"name": f"{n}-absent", "num_processes": 2}, "deny"))
         calls.append(("list_processes", {}, None))  # reads are not recorded (audit.reads false)
         calls.append(("explain_policy", {"tool": "add_process", "arguments": sleep_add(f"{n}-x")}, None))
         per_client.append((n, calls))
@@ -469,7 +470,7 @@ def test_audit_records_every_concurrent_decision_exactly_once(token_warden, clea
             assert all(v == "<redacted>" for v in env.values()), r
             if r["decision"] == "deny":
                 assert r["violations"] and r["rules"], r
-        assert {"env.denied", "command.not_allowed", "processes.per_watcher"} <= \
+        assert {"env.denied", "command.not_allowed", "watcher.not_found"} <= \
             {v["rule"] for r in mine for v in r["violations"]}, mine
         names = {r["request"]["arguments"]["name"] for r in mine}
         assert {f"{n}-ok-0", f"{n}-env", f"{n}-sh"} <= names
