@@ -32,16 +32,17 @@ pub struct ArgShape {
 
 impl ArgRule {
     /// The value to send, or a violation on `field`.
-    fn check(&self, field: &str, value: &str, paths: &HashMap<String, Result<PathBuf, String>>, v: &mut Vec<Violation>) -> Option<String> {
+    fn check(&self, index: usize, value: &str, paths: &HashMap<String, Result<PathBuf, String>>, v: &mut Vec<Violation>) -> Option<String> {
+        let field = || format!("args[{index}]");
         let subject = if self.path {
             match paths.get(value) {
                 Some(Ok(p)) => p.to_string_lossy().into_owned(),
                 Some(Err(why)) => {
-                    v.push(Violation::new(field, "args.path", format!("{value:?} {why}")));
+                    v.push(Violation::new(field(), "args.path", format!("{value:?} {why}")));
                     return None;
                 }
                 None => {
-                    v.push(Violation::new(field, "args.path", format!("{value:?} was not resolved")));
+                    v.push(Violation::new(field(), "args.path", format!("{value:?} was not resolved")));
                     return None;
                 }
             }
@@ -52,7 +53,7 @@ impl ArgRule {
             Some(subject)
         } else {
             let what = if self.path { format!("{value:?} (resolving to {subject})") } else { format!("{value:?}") };
-            v.push(Violation::new(field, "args.pattern", format!("{what} does not match {}", self.shown)));
+            v.push(Violation::new(field(), "args.pattern", format!("{what} does not match {}", self.shown)));
             None
         }
     }
@@ -87,7 +88,7 @@ impl ArgShape {
         let mut i = 0usize;
         while i < args.len() {
             let a = &args[i];
-            let field = format!("args[{i}]");
+            let field = || format!("args[{i}]");
             if !a.starts_with('-') {
                 let rule = if pos < self.positional.len() {
                     pos += 1;
@@ -96,8 +97,8 @@ impl ArgShape {
                     self.rest.as_ref()
                 };
                 match rule {
-                    Some(r) => out.extend(r.check(&field, a, paths, v)),
-                    None => v.push(Violation::new(&field, "args.extra", format!(
+                    Some(r) => out.extend(r.check(i, a, paths, v)),
+                    None => v.push(Violation::new(field(), "args.extra", format!(
                         "no further arguments are allowed after {} positional; allowed flags: {}",
                         self.positional.len(), self.flag_list()))),
                 }
@@ -105,7 +106,7 @@ impl ArgShape {
                 continue;
             }
             if (pos as u32) < self.min_positional {
-                v.push(Violation::new(&field, "args.positional", format!(
+                v.push(Violation::new(field(), "args.positional", format!(
                     "expected positional argument {} matching {}, not a flag", pos, self.positional[pos].shown)));
                 return out;
             }
@@ -114,24 +115,24 @@ impl ArgShape {
                 None => (a.as_str(), None),
             };
             match self.flags.get(flag) {
-                None => v.push(Violation::new(&field, "args.flag", format!("flag {flag:?} is not allowed; allowed flags: {}", self.flag_list()))),
-                Some(None) if inline.is_some() => v.push(Violation::new(&field, "args.flag", format!("flag {flag} takes no value"))),
+                None => v.push(Violation::new(field(), "args.flag", format!("flag {flag:?} is not allowed; allowed flags: {}", self.flag_list()))),
+                Some(None) if inline.is_some() => v.push(Violation::new(field(), "args.flag", format!("flag {flag} takes no value"))),
                 Some(None) => out.push(a.clone()),
                 Some(Some(rule)) => match inline {
                     Some(val) => {
-                        if let Some(checked) = rule.check(&field, val, paths, v) {
+                        if let Some(checked) = rule.check(i, val, paths, v) {
                             out.push(format!("{flag}={checked}"));
                         }
                     }
                     None => match args.get(i + 1) {
                         Some(val) => {
-                            if let Some(checked) = rule.check(&format!("args[{}]", i + 1), val, paths, v) {
+                            if let Some(checked) = rule.check(i + 1, val, paths, v) {
                                 out.push(flag.to_string());
                                 out.push(checked);
                             }
                             i += 1;
                         }
-                        None => v.push(Violation::new(&field, "args.flag", format!("flag {flag} needs a value matching {}", rule.shown))),
+                        None => v.push(Violation::new(field(), "args.flag", format!("flag {flag} needs a value matching {}", rule.shown))),
                     },
                 },
             }

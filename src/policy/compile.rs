@@ -45,12 +45,15 @@ pub const SETTABLE_OPTIONS: &[(&str, bool)] = &[
     ("stop_signal", false),
 ];
 
+static DENIED_ENV_SET: std::sync::LazyLock<HashSet<&'static str>> = std::sync::LazyLock::new(|| DENIED_ENV.iter().copied().collect());
+
+/// Whether a variable name is in a code-loading or trust-redirecting family (any case).
 pub fn env_denied(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
     if HARMLESS_IN_DENIED_FAMILIES.contains(&name) {
         return false;
     }
-    DENIED_ENV.contains(&upper.as_str())
+    let upper = name.to_ascii_uppercase();
+    DENIED_ENV_SET.contains(upper.as_str())
         || DENIED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
         || DENIED_ENV_SUFFIXES.iter().any(|s| upper.ends_with(s))
 }

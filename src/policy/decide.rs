@@ -15,6 +15,31 @@ const MAX_ENV_NAME_BYTES: usize = 128;
 /// `graceful_timeout` sent when the policy gives no default (circus's own is 30 s).
 const DEFAULT_GRACEFUL_TIMEOUT: u32 = 10;
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_checks_match_char_is_control_and_find_expansions() {
+        for s in ["a\0b", "a\nb", "\r", "x\u{7f}", "x\u{85}y", "\u{9f}"] {
+            let mut v = Vec::new();
+            check_text(|| "f".into(), s, 100, &mut v);
+            assert_eq!(v.len(), 1, "{s:?}");
+            assert!(s.chars().any(char::is_control));
+        }
+        for s in ["$(circus.env.HOME)", "((x))", "a$WID", "x$(", "(("] {
+            let mut v = Vec::new();
+            check_text(|| "f".into(), s, 100, &mut v);
+            assert_eq!(v.iter().map(|v| v.rule.as_str()).collect::<Vec<_>>(), ["text.expansion"], "{s:?}");
+        }
+        for s in ["plain", "é ü ñ", "$HOME", "(a)(b)", "$ (", "\u{a0}", "日本"] {
+            let mut v = Vec::new();
+            check_text(|| "f".into(), s, 100, &mut v);
+            assert!(v.is_empty(), "{s:?}: {v:?}");
+        }
+    }
+}
+
 pub fn decide(policy: &Policy, req: &Request, facts: &Facts) -> Decision {
     let tool = req.action.tool();
     // 1. Only identities the policy names may do anything.
@@ -121,16 +146,25 @@ fn scale(policy: &Policy, name: WatcherName, n: u32, facts: &Facts, v: &mut Vec<
 }
 
 /// No control characters (NUL, newline…) and none of circus's expansion syntax, which circus
-/// expands after any check: `$(…)`, `((…))`, `$WID`.
-pub fn check_text(field: &str, s: &str, max: usize, v: &mut Vec<Violation>) {
+/// expands after any check: `$(…)`, `((…))`, `$WID`. `field` is only built for a violation.
+pub fn check_text(field: impl Fn() -> String, s: &str, max: usize, v: &mut Vec<Violation>) {
     if s.len() > max {
-        v.push(Violation::new(field, "text.length", format!("at most {max} bytes")));
+        v.push(Violation::new(field(), "text.length", format!("at most {max} bytes")));
     }
-    if s.chars().any(char::is_control) {
-        v.push(Violation::new(field, "text.control", "control characters (NUL, newline, …) are not allowed"));
+    // One pass over the bytes. Control characters are C0, DEL and C1 (U+0080–U+009F, which
+    // UTF-8 encodes as 0xC2 0x80–0x9F): exactly `char::is_control`.
+    let b = s.as_bytes();
+    let (mut control, mut expansion) = (false, false);
+    for (i, &c) in b.iter().enumerate() {
+        let next = b.get(i + 1).copied();
+        control |= c < 0x20 || c == 0x7f || (c == 0xc2 && next.is_some_and(|n| (0x80..=0x9f).contains(&n)));
+        expansion |= (c == b'$' && (next == Some(b'(') || b[i + 1..].starts_with(b"WID"))) || (c == b'(' && next == Some(b'('));
     }
-    if s.contains("$(") || s.contains("((") || s.contains("$WID") {
-        v.push(Violation::new(field, "text.expansion", "circus expansion syntax ($(…), ((…)), $WID) is not allowed"));
+    if control {
+        v.push(Violation::new(field(), "text.control", "control characters (NUL, newline, …) are not allowed"));
+    }
+    if expansion {
+        v.push(Violation::new(field(), "text.expansion", "circus expansion syntax ($(…), ((…)), $WID) is not allowed"));
     }
 }
 
@@ -138,10 +172,6 @@ pub fn check_text(field: &str, s: &str, max: usize, v: &mut Vec<Violation>) {
 pub fn shell_quote(s: &str) -> String {
     let safe = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b));
     if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r#"'"'"'"#)) }
-}
-
-fn within(path: &Path, roots: &[std::path::PathBuf]) -> bool {
-    roots.iter().any(|root| path.starts_with(root))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -162,14 +192,14 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
     }
 
     // Command: plain text, resolved by the warden, allowlisted for this identity.
-    check_text("command", &add.command, MAX_COMMAND_BYTES, v);
+    check_text(|| "command".into(), &add.command, MAX_COMMAND_BYTES, v);
     if add.command.contains(['*', '?', '[', ']', '{', '}']) {
         v.push(Violation::new("command", "command.glob", "glob characters are not allowed in a command"));
     }
     let program = match &facts.command {
         Some(Ok(path)) => {
             let path_str = path.to_string_lossy();
-            check_text("command", &path_str, MAX_COMMAND_BYTES, v);
+            check_text(|| "command".into(), &path_str, MAX_COMMAND_BYTES, v);
             let found = policy.program_paths.matches(path.as_path()).into_iter().map(|i| &policy.programs[i]).find(|p| id.programs.is_match(&p.id));
             if found.is_none() {
                 let mut allowed: Vec<&str> = policy.programs.iter().filter(|p| id.programs.is_match(&p.id)).map(|p| p.path_glob.as_str()).collect();
@@ -192,12 +222,12 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
 
     // Arguments: plain text, and the program's shape.
     for (i, a) in add.args.iter().enumerate() {
-        check_text(&format!("args[{i}]"), a, lim.max_arg_bytes as usize, v);
+        check_text(|| format!("args[{i}]"), a, lim.max_arg_bytes as usize, v);
     }
     let argv = program.map(|(p, _)| p.args.check(&add.args, &facts.paths, v));
 
     // Working directory: optional unless required; canonical, existing, inside a root.
-    let roots: Vec<std::path::PathBuf> = policy.working_dirs.iter().chain(program.iter().flat_map(|(p, _)| p.working_dirs.iter())).cloned().collect();
+    let roots = || policy.working_dirs.iter().chain(program.iter().flat_map(|(p, _)| p.working_dirs.iter()));
     let working_dir = match (&add.working_dir, &facts.working_dir) {
         (None, _) => {
             if program.is_some_and(|(p, _)| p.require_working_dir) {
@@ -205,13 +235,12 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
             }
             None
         }
-        (Some(raw), Some(Ok(dir))) if within(dir, &roots) => {
-            check_text("working_dir", &dir.to_string_lossy(), MAX_COMMAND_BYTES, v);
-            let _ = raw;
+        (Some(_), Some(Ok(dir))) if roots().any(|root| dir.starts_with(root)) => {
+            check_text(|| "working_dir".into(), &dir.to_string_lossy(), MAX_COMMAND_BYTES, v);
             Some(dir.clone())
         }
         (Some(raw), Some(Ok(dir))) => {
-            let shown = roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
+            let shown = roots().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
             v.push(Violation::new("working_dir", "working_dir.roots", format!(
                 "{raw} resolves to {}, outside the allowed roots: {}", dir.display(), if shown.is_empty() { "none".into() } else { shown })));
             None
@@ -231,17 +260,17 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
         v.push(Violation::new("env", "env.count", format!("at most {} variables", lim.max_env)));
     }
     for (k, val) in &add.env {
-        let field = format!("env.{k}");
+        let field = || format!("env.{k}");
         let b = k.as_bytes();
         let syntax = !b.is_empty() && b.len() <= MAX_ENV_NAME_BYTES && (b[0].is_ascii_alphabetic() || b[0] == b'_') && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
         if !syntax {
-            v.push(Violation::new(&field, "env.name", "names are [A-Za-z_][A-Za-z0-9_]*, at most 128 bytes"));
+            v.push(Violation::new(field(), "env.name", "names are [A-Za-z_][A-Za-z0-9_]*, at most 128 bytes"));
         } else if env_denied(k) {
-            v.push(Violation::new(&field, "env.denied", "this variable loads code or redirects trust and is never allowed"));
+            v.push(Violation::new(field(), "env.denied", "this variable loads code or redirects trust and is never allowed"));
         } else if !policy.env.contains(k) && !program.is_some_and(|(p, _)| p.env.contains(k)) {
-            v.push(Violation::new(&field, "env.not_allowed", "not an allowed variable for this program"));
+            v.push(Violation::new(field(), "env.not_allowed", "not an allowed variable for this program"));
         }
-        check_text(&field, val, lim.max_env_value_bytes as usize, v);
+        check_text(field, val, lim.max_env_value_bytes as usize, v);
     }
 
     // Circus options: only the policy's allowlist, within bounds.
@@ -252,10 +281,10 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
         }
     }
     for (key, value) in &add.options {
-        let field = format!("options.{key}");
+        let field = || format!("options.{key}");
         let Some(bound) = policy.options.get(key) else {
             let allowed: Vec<&str> = policy.options.keys().map(String::as_str).collect();
-            v.push(Violation::new(&field, "options.not_allowed", format!(
+            v.push(Violation::new(field(), "options.not_allowed", format!(
                 "allowed options: {}", if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") })));
             continue;
         };
@@ -273,7 +302,7 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
                 _ if key == "stop_signal" => "a signal name".to_string(),
                 _ => "true or false".to_string(),
             };
-            v.push(Violation::new(&field, "options.bound", format!("must be {range}")));
+            v.push(Violation::new(field(), "options.bound", format!("must be {range}")));
             continue;
         }
         let sent = match (key.as_str(), value) {
