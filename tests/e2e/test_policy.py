@@ -803,3 +803,30 @@ def test_explain_policy_and_the_call_agree_on_unknown_fields(conn_factory, clean
     ex = conn.call("explain_policy", {"tool": "stop_process", "arguments": args})
     assert ex.get("isError") is True or ex["structuredContent"]["decision"] == "deny", \
         f"explain_policy allows what the tool refuses: {ex.get('structuredContent')}"
+
+
+@pytest.mark.xfail(strict=True, reason="warden fault: the text checks (control characters, circus expansion "
+                   "syntax) run on the raw arguments but not on the canonical form of `path: true` arguments, "
+                   "which is what is sent (args.rs ArgRule::check); a symlink to a file whose name holds "
+                   "$(circus.env.X) gets expansion syntax to circusd, which expands it: the process runs "
+                   "another file than the one checked")
+def test_canonical_path_arguments_carry_no_expansion(conn_factory, clean_circusd, workroot):
+    app = workroot / "exp-app"
+    app.mkdir()
+    canary = workroot / "expanded-ran"
+    # the checked file: its name is circus expansion syntax; what circus turns it into runs instead
+    (app / "$(circus.env.CIRCUS_WARDEN_OWNER).py").write_text("import time; time.sleep(3600)\n")
+    (app / "local.py").write_text(f"open({str(canary)!r}, 'w').write('ran'); import time; time.sleep(3600)\n")
+    (app / "ok.py").symlink_to("$(circus.env.CIRCUS_WARDEN_OWNER).py")
+    doc = e2e_policy(workroot)
+    doc["programs"] = [{"id": "app", "path": PYTHON, "working_dirs": [str(app)],
+                        "args": {"positional": [{"match": f"{app}/*.py", "path": True}], "min_positional": 1}}]
+    conn = conn_factory("stdio", clean_circusd, workroot, "canon-exp", config_over={"policy_document": doc})
+    res = conn.call("add_process", {"name": unique_name("exp"), "command": PYTHON, "args": ["ok.py"],
+                                    "working_dir": str(app)})
+    if res.get("isError"):
+        denied(res, "text.expansion")
+        return
+    sent = ok(res)["args"]
+    time.sleep(2.0)
+    assert not canary.exists(), f"checked {sent}, but circus expanded it and ran {app / 'local.py'}"
