@@ -19,6 +19,17 @@ const DEFAULT_GRACEFUL_TIMEOUT: u32 = 10;
 mod tests {
     use super::*;
 
+    /// Found by the fuzzer: a sum that wraps must not pass the total cap.
+    #[test]
+    fn huge_process_counts_do_not_wrap_into_an_allow() {
+        let p = Policy::compile("p", "version: 1\nidentities:\n  local: {tools: ['*'], watchers: any}\n").unwrap();
+        let facts = Facts { target: Some(super::super::Target { exists: true, owner: None, num_processes: 0 }), total_processes: u32::MAX, ..Facts::default() };
+        let req = Request { identity: "local".into(), action: Action::Scale { name: "w".into(), num_processes: 2 } };
+        let d = decide(&p, &req, &facts);
+        assert!(!d.allow);
+        assert_eq!(d.rules, ["processes.total"]);
+    }
+
     #[test]
     fn text_checks_match_char_is_control_and_find_expansions() {
         for s in ["a\0b", "a\nb", "\r", "x\u{7f}", "x\u{85}y", "\u{9f}"] {
@@ -136,7 +147,8 @@ fn scale(policy: &Policy, name: WatcherName, n: u32, facts: &Facts, v: &mut Vec<
         v.push(Violation::new("num_processes", "processes.per_watcher", format!("must be between 1 and {cap}")));
         return None;
     }
-    let total = facts.total_processes.saturating_sub(current) + n;
+    // Saturating: counts come from circusd, and a wrapped sum must never look small.
+    let total = facts.total_processes.saturating_sub(current).saturating_add(n);
     if total > policy.limits.max_total_processes {
         v.push(Violation::new("num_processes", "processes.total", format!(
             "would run {total} processes in all; the limit is {}", policy.limits.max_total_processes)));
@@ -316,9 +328,9 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
     let cap = program.map_or(lim.max_processes, |(p, _)| p.max_processes);
     if add.num_processes == 0 || add.num_processes > cap {
         v.push(Violation::new("num_processes", "processes.per_watcher", format!("must be between 1 and {cap}")));
-    } else if facts.total_processes + add.num_processes > lim.max_total_processes {
+    } else if facts.total_processes.saturating_add(add.num_processes) > lim.max_total_processes {
         v.push(Violation::new("num_processes", "processes.total", format!(
-            "would run {} processes in all; the limit is {}", facts.total_processes + add.num_processes, lim.max_total_processes)));
+            "would run {} processes in all; the limit is {}", facts.total_processes.saturating_add(add.num_processes), lim.max_total_processes)));
     }
 
     if !v.is_empty() {
