@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
     bad_facts.paths.insert("/etc/passwd".into(), Ok(PathBuf::from("/etc/passwd")));
     assert!(!decide(&p, &bad_req, &bad_facts).allow, "the denied request must be denied");
     let stop = Request { identity: "local".into(), action: Action::Stop { name: "web-1".into() } };
-    let stop_facts = Facts { target: Some(Target { exists: true, owner: Some("local".into()), num_processes: 2 }), ..Facts::default() };
+    let stop_facts = Facts { target: Some(Target { exists: true, owner: Some("local".into()), num_processes: 2, command: None }), ..Facts::default() };
     assert!(decide(&p, &stop, &stop_facts).allow);
 
     c.bench_function("decide/add allowed, 100 programs", |b| b.iter(|| decide(black_box(&p), black_box(&ok_req), black_box(&ok_facts))));

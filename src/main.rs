@@ -174,7 +174,12 @@ fn policy_command(cmd: PolicyCmd) -> ExitCode {
             let mut failed = false;
             for f in files {
                 match Policy::load(&f) {
-                    Ok(p) => println!("{}: ok ({} programs, {} identities)", f.display(), p.programs.len(), p.identities.len()),
+                    Ok(p) => {
+                        for w in &p.warnings {
+                            eprintln!("warning: {w}");
+                        }
+                        println!("{}: ok ({} programs, {} identities)", f.display(), p.programs.len(), p.identities.len());
+                    }
                     Err(e) => {
                         eprintln!("{e}");
                         failed = true;

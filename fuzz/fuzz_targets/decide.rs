@@ -70,7 +70,7 @@ fn structured(u: &mut Unstructured) -> arbitrary::Result<()> {
         command: if u.arbitrary()? { Some(Ok(PathBuf::from(text(u)?))) } else { Some(Err(text(u)?)) },
         working_dir: if u.arbitrary()? { Some(Ok(PathBuf::from(text(u)?))) } else { None },
         target: if u.arbitrary()? {
-            Some(Target { exists: u.arbitrary()?, owner: if u.arbitrary()? { Some(text(u)?) } else { None }, num_processes: u.arbitrary()? })
+            Some(Target { exists: u.arbitrary()?, owner: if u.arbitrary()? { Some(text(u)?) } else { None }, num_processes: u.arbitrary()?, command: if u.arbitrary()? { Some(text(u)?) } else { None } })
         } else {
             None
         },

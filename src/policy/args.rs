@@ -14,6 +14,8 @@ use super::Violation;
 pub struct ArgRule {
     pub globs: GlobSet,
     pub path: bool,
+    /// Bytes a canonical path may have.
+    pub max_path_bytes: usize,
     /// The patterns, for messages that say what would be allowed.
     pub shown: String,
 }
@@ -36,7 +38,17 @@ impl ArgRule {
         let field = || format!("args[{index}]");
         let subject = if self.path {
             match paths.get(value) {
-                Some(Ok(p)) => p.to_string_lossy().into_owned(),
+                Some(Ok(p)) => {
+                    // The canonical path is what circus receives: it must be plain text too
+                    // (a symlink can point at a name with circus expansion syntax in it).
+                    let canonical = p.to_string_lossy().into_owned();
+                    let before = v.len();
+                    super::decide::check_text(field, &canonical, self.max_path_bytes, v);
+                    if v.len() > before {
+                        return None;
+                    }
+                    canonical
+                }
                 Some(Err(why)) => {
                     v.push(Violation::new(field(), "args.path", format!("{value:?} {why}")));
                     return None;

@@ -51,19 +51,11 @@ pub enum Want {
     Invalid,
 }
 
-/// Turns a tool name and its JSON arguments into an [`Action`]. Unknown mutating shapes are
-/// errors (the warden answers those as invalid arguments before any decision).
+/// Turns a tool name and its JSON arguments into an [`Action`], with the tools' own strict
+/// decoding (unknown fields, wrong types and missing fields are errors).
 pub fn action(tool: &str, arguments: Value) -> Result<Action, String> {
-    const MUTATING: &[&str] = &[
-        "add_process", "start_process", "stop_process", "restart_process", "reload_process",
-        "remove_process", "scale_process", "signal_process",
-    ];
-    if MUTATING.contains(&tool) {
-        let tagged = serde_json::json!({ "tool": tool, "arguments": arguments });
-        serde_json::from_value(tagged).map_err(|e| format!("arguments of {tool}: {e}"))
-    } else {
-        Ok(Action::Read { tool: tool.to_string() })
-    }
+    let arguments = if arguments.is_null() { Value::Object(Default::default()) } else { arguments };
+    crate::request::tools::action(tool, arguments).map_err(|e| e.message)
 }
 
 /// The outcome of one case.

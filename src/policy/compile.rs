@@ -110,6 +110,8 @@ pub struct Identity {
 pub struct Policy {
     /// SHA-256 of the file, hex; shown in metrics and audit records.
     pub hash: String,
+    /// Things that compile but probably do not do what was meant (`policy check` prints them).
+    pub warnings: Vec<String>,
     pub search_path: Vec<PathBuf>,
     pub limits: Limits,
     pub names: GlobSet,
@@ -143,9 +145,15 @@ impl Errors<'_> {
     }
 }
 
-/// Globs with `*` never crossing `/`, case-sensitive, and no `{a,b}` surprises missing.
+/// Globs with `*` never crossing `/` (what an allow rule means), case-sensitive.
 fn glob(t: &Text, field: &str, e: &mut Errors) -> Option<Glob> {
-    match GlobBuilder::new(&t.value).literal_separator(true).backslash_escape(true).build() {
+    glob_with(t, field, true, e)
+}
+
+/// `literal_separator: false` is for deny rules, where `*` must reach across `/` too
+/// (`--config*` has to catch `--config=/etc/x`).
+fn glob_with(t: &Text, field: &str, literal_separator: bool, e: &mut Errors) -> Option<Glob> {
+    match GlobBuilder::new(&t.value).literal_separator(literal_separator).backslash_escape(true).build() {
         Ok(g) => Some(g),
         Err(err) => {
             e.at(Some(t), field, format!("invalid glob {:?}: {err}", t.value));
@@ -155,9 +163,13 @@ fn glob(t: &Text, field: &str, e: &mut Errors) -> Option<Glob> {
 }
 
 fn glob_set(items: &[&Text], field: &str, e: &mut Errors) -> GlobSet {
+    glob_set_with(items, field, true, e)
+}
+
+fn glob_set_with(items: &[&Text], field: &str, literal_separator: bool, e: &mut Errors) -> GlobSet {
     let mut b = GlobSetBuilder::new();
     for (i, t) in items.iter().enumerate() {
-        if let Some(g) = glob(t, &format!("{field}[{i}]"), e) {
+        if let Some(g) = glob_with(t, &format!("{field}[{i}]"), literal_separator, e) {
             b.add(g);
         }
     }
@@ -203,7 +215,7 @@ fn arg_rule(raw: &RawArg, field: &str, e: &mut Errors) -> ArgRule {
         OneOrMany::Many(v) => v.iter().collect(),
     };
     let shown = items.iter().map(|t| t.value.clone()).collect::<Vec<_>>().join(" | ");
-    ArgRule { globs: glob_set(&items, &format!("{field}.match"), e), path: raw.path, shown }
+    ArgRule { globs: glob_set(&items, &format!("{field}.match"), e), path: raw.path, shown, max_path_bytes: 4096 }
 }
 
 fn signals(list: &[Text], field: &str, e: &mut Errors) -> Vec<&'static str> {
@@ -271,6 +283,7 @@ impl Policy {
         let env = env_names(&raw.env, "env", &mut e);
         let working_dirs = raw.working_dirs.iter().enumerate().filter_map(|(i, t)| absolute(t, &format!("working_dirs[{i}]"), &mut e)).collect();
 
+        let mut warnings = Vec::new();
         let mut programs = Vec::new();
         let mut paths = GlobSetBuilder::new();
         let mut ids = HashSet::new();
@@ -283,6 +296,17 @@ impl Policy {
             }
             if !p.path.value.starts_with('/') {
                 e.at(here, &format!("{field}.path"), "must be an absolute path glob");
+            }
+            // Commands are matched canonical: a literal path behind a symlink never matches.
+            let literal = !p.path.value.contains(['*', '?', '[', '{']);
+            if literal {
+                match Path::new(&p.path.value).canonicalize() {
+                    Ok(c) if c != Path::new(&p.path.value) => warnings.push(format!(
+                        "{file}:{}: {field}.path: {} is a symlink to {}; commands are matched by canonical path, so write {}",
+                        p.path.referenced.line(), p.path.value, c.display(), c.display())),
+                    Err(_) => warnings.push(format!("{file}:{}: {field}.path: {} does not exist on this machine", p.path.referenced.line(), p.path.value)),
+                    _ => {}
+                }
             }
             match glob(&p.path, &format!("{field}.path"), &mut e) {
                 Some(g) => {
@@ -324,7 +348,7 @@ impl Policy {
                     min_positional: a.min_positional,
                     flags,
                     rest: a.rest.as_ref().map(|r| arg_rule(r, &format!("{field}.args.rest"), &mut e)),
-                    deny: glob_set(&a.deny.iter().collect::<Vec<_>>(), &format!("{field}.args.deny"), &mut e),
+                    deny: glob_set_with(&a.deny.iter().collect::<Vec<_>>(), &format!("{field}.args.deny"), false, &mut e),
                 },
                 working_dirs: p.working_dirs.iter().enumerate().filter_map(|(j, t)| absolute(t, &format!("{field}.working_dirs[{j}]"), &mut e)).collect(),
                 require_working_dir: p.require_working_dir,
@@ -380,6 +404,7 @@ impl Policy {
         }
         Ok(Policy {
             hash: format!("{:x}", Sha256::digest(text.as_bytes())),
+            warnings,
             search_path,
             limits,
             names,

@@ -19,11 +19,19 @@ const DEFAULT_GRACEFUL_TIMEOUT: u32 = 10;
 mod tests {
     use super::*;
 
+    #[test]
+    fn quoting_round_trips() {
+        for s in ["/usr/bin/python3", "/opt/my app/x", "/a'b", "/x\"y"] {
+            assert_eq!(shell_unquote(&shell_quote(s)), s);
+        }
+        assert_eq!(shell_unquote("/bin/sleep 10"), "/bin/sleep");
+    }
+
     /// Found by the fuzzer: a sum that wraps must not pass the total cap.
     #[test]
     fn huge_process_counts_do_not_wrap_into_an_allow() {
         let p = Policy::compile("p", "version: 1\nidentities:\n  local: {tools: ['*'], watchers: any}\n").unwrap();
-        let facts = Facts { target: Some(super::super::Target { exists: true, owner: None, num_processes: 0 }), total_processes: u32::MAX, ..Facts::default() };
+        let facts = Facts { target: Some(super::super::Target { exists: true, ..Default::default() }), total_processes: u32::MAX, ..Facts::default() };
         let req = Request { identity: "local".into(), action: Action::Scale { name: "w".into(), num_processes: 2 } };
         let d = decide(&p, &req, &facts);
         assert!(!d.allow);
@@ -142,7 +150,12 @@ fn valid_name(policy: &Policy, raw: &str, v: &mut Vec<Violation>) -> Option<Watc
 
 fn scale(policy: &Policy, name: WatcherName, n: u32, facts: &Facts, v: &mut Vec<Violation>) -> Option<Command> {
     let current = facts.target.as_ref().map_or(0, |t| t.num_processes);
-    let cap = policy.limits.max_processes;
+    // The cap of the program the watcher runs (the strictest, when several match); a watcher
+    // that runs no known program gets the global cap.
+    let command = facts.target.as_ref().and_then(|t| t.command.as_deref());
+    let cap = command
+        .map(|c| policy.program_paths.matches(c).into_iter().map(|i| policy.programs[i].max_processes).min().unwrap_or(policy.limits.max_processes))
+        .unwrap_or(policy.limits.max_processes);
     if n == 0 || n > cap {
         v.push(Violation::new("num_processes", "processes.per_watcher", format!("must be between 1 and {cap}")));
         return None;
@@ -180,20 +193,34 @@ pub fn check_text(field: impl Fn() -> String, s: &str, max: usize, v: &mut Vec<V
     }
 }
 
+/// The executable in a circus `cmd`: the inverse of [`shell_quote`] for commands the warden
+/// built; for other watchers the first word (which at worst matches no program).
+pub fn shell_unquote(cmd: &str) -> String {
+    match cmd.strip_prefix('\'') {
+        Some(rest) => rest.strip_suffix('\'').unwrap_or(rest).replace(r#"'"'"'"#, "'"),
+        None => cmd.split_whitespace().next().unwrap_or_default().to_string(),
+    }
+}
+
 /// Quotes `s` so that Python's `shlex.split` yields exactly `[s]`.
 pub fn shell_quote(s: &str) -> String {
     let safe = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_".contains(&b));
     if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r#"'"'"'"#)) }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, facts: &Facts, rules: &mut Vec<String>, v: &mut Vec<Violation>) -> Option<Command> {
     let lim = &policy.limits;
-    // Name: valid, allowed by the policy's patterns, free, and room for one more watcher.
+    // Name: valid, allowed by the policy's patterns and the identity's scope, free, and room
+    // for one more watcher.
     let name = valid_name(policy, &add.name, v);
     if let Some(n) = &name {
         if !policy.names.is_match(n.as_str()) {
             v.push(Violation::new("name", "name.pattern", "the name does not match the policy's watcher name patterns"));
+        }
+        if let WatcherScope::Names(globs, shown) = &id.watchers {
+            if !globs.is_match(n.as_str()) {
+                v.push(Violation::new("name", "watcher.scope", format!("identity {identity:?} may only use watchers named {shown}")));
+            }
         }
         if facts.target.as_ref().is_some_and(|t| t.exists) {
             v.push(Violation::new("name", "name.exists", format!("a watcher named {n:?} exists already")));
@@ -208,41 +235,130 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
     if add.command.contains(['*', '?', '[', ']', '{', '}']) {
         v.push(Violation::new("command", "command.glob", "glob characters are not allowed in a command"));
     }
-    let program = match &facts.command {
+    let (path, candidates) = match &facts.command {
         Some(Ok(path)) => {
             let path_str = path.to_string_lossy();
             check_text(|| "command".into(), &path_str, MAX_COMMAND_BYTES, v);
-            let found = policy.program_paths.matches(path.as_path()).into_iter().map(|i| &policy.programs[i]).find(|p| id.programs.is_match(&p.id));
-            if found.is_none() {
+            let found: Vec<&Program> = policy
+                .program_paths
+                .matches(path.as_path())
+                .into_iter()
+                .map(|i| &policy.programs[i])
+                .filter(|p| id.programs.is_match(&p.id))
+                .collect();
+            if found.is_empty() {
                 let mut allowed: Vec<&str> = policy.programs.iter().filter(|p| id.programs.is_match(&p.id)).map(|p| p.path_glob.as_str()).collect();
                 allowed.sort_unstable();
+                allowed.dedup();
                 v.push(Violation::new("command", "command.not_allowed", format!(
                     "{} resolves to {path_str}, which this identity may not run; allowed: {}",
                     add.command, if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") })));
             }
-            found.map(|p| (p, path))
+            (Some(path), found)
         }
         Some(Err(why)) => {
             v.push(Violation::new("command", "command.resolve", format!("{}: {why}", add.command)));
-            None
+            (None, Vec::new())
         }
         None => {
             v.push(Violation::new("command", "command.resolve", "the command was not resolved"));
-            None
+            (None, Vec::new())
         }
     };
 
-    // Arguments: plain text, and the program's shape.
+    // Arguments, environment values: plain text whatever the program.
     for (i, a) in add.args.iter().enumerate() {
         check_text(|| format!("args[{i}]"), a, lim.max_arg_bytes as usize, v);
     }
-    let argv = program.map(|(p, _)| p.args.check(&add.args, &facts.paths, v));
+    if add.env.len() > lim.max_env as usize {
+        v.push(Violation::new("env", "env.count", format!("at most {} variables", lim.max_env)));
+    }
 
-    // Working directory: optional unless required; canonical, existing, inside a root.
-    let roots = || policy.working_dirs.iter().chain(program.iter().flat_map(|(p, _)| p.working_dirs.iter()));
-    let working_dir = match (&add.working_dir, &facts.working_dir) {
+    // Circus options: only the policy's allowlist, within bounds.
+    let options = options(policy, id, add, v);
+
+    // The program: several may share an executable; the first (in file order) whose own
+    // rules all pass is the one that applies. When none passes, the first one's failures
+    // are reported.
+    let mut chosen = None;
+    let mut first_failures = None;
+    for program in &candidates {
+        let mut pv = Vec::new();
+        let checked = check_program(policy, program, add, facts, &mut pv);
+        if pv.is_empty() {
+            chosen = checked.map(|c| (*program, c));
+            break;
+        }
+        first_failures.get_or_insert(pv);
+    }
+    match (chosen.is_none(), first_failures) {
+        (true, Some(failures)) => v.extend(failures),
+        // No program at all: still say what is wrong with the working directory.
+        (true, None) => {
+            check_working_dir(policy, None, add, facts, v);
+        }
+        _ => {}
+    }
+
+    if !v.is_empty() {
+        return None;
+    }
+    let (name, path, (program, (argv, working_dir))) = (name?, path?, chosen?);
+    rules.push(format!("program:{}", program.id));
+    Some(build_add(name, program, path, argv, working_dir, &add.env, options, identity, add))
+}
+
+/// The circus options to send: the policy's defaults, then the request's, each allowlisted
+/// and within bounds. A `stop_signal` must be one of the identity's signals.
+fn options(policy: &Policy, id: &Identity, add: &AddRequest, v: &mut Vec<Violation>) -> Map<String, Value> {
+    let mut options = Map::new();
+    for (key, bound) in &policy.options {
+        if let Some(d) = &bound.default {
+            options.insert(key.clone(), d.clone());
+        }
+    }
+    for (key, value) in &add.options {
+        let field = || format!("options.{key}");
+        let Some(bound) = policy.options.get(key) else {
+            let allowed: Vec<&str> = policy.options.keys().map(String::as_str).collect();
+            v.push(Violation::new(field(), "options.not_allowed", format!(
+                "allowed options: {}", if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") })));
+            continue;
+        };
+        let signal = value.as_str().and_then(signal_number).filter(|(n, _)| id.signals.contains(n));
+        let ok = match (bound.numeric, value) {
+            (true, Value::Number(n)) => n.as_f64().is_some_and(|x| x >= bound.min.unwrap_or(0.0) && bound.max.is_none_or(|m| x <= m)),
+            (false, Value::Bool(_)) => key != "stop_signal",
+            (false, Value::String(_)) => key == "stop_signal" && signal.is_some(),
+            _ => false,
+        };
+        if !ok {
+            let range = match (bound.min, bound.max) {
+                (Some(lo), Some(hi)) => format!("a number from {lo} to {hi}"),
+                (None, Some(hi)) => format!("a number up to {hi}"),
+                _ if bound.numeric => "a non-negative number".to_string(),
+                _ if key == "stop_signal" => format!("one of the signals {}", id.signals.join(", ")),
+                _ => "true or false".to_string(),
+            };
+            v.push(Violation::new(field(), "options.bound", format!("must be {range}")));
+            continue;
+        }
+        let sent = match signal {
+            Some((_, num)) => json!(num),
+            None => value.clone(),
+        };
+        options.insert(key.clone(), sent);
+    }
+    options
+}
+
+/// The working directory: optional unless the program requires one; canonical, existing,
+/// and inside a root (the policy's, plus the program's when one is known).
+fn check_working_dir(policy: &Policy, program: Option<&Program>, add: &AddRequest, facts: &Facts, v: &mut Vec<Violation>) -> Option<std::path::PathBuf> {
+    let roots = || policy.working_dirs.iter().chain(program.into_iter().flat_map(|p| p.working_dirs.iter()));
+    match (&add.working_dir, &facts.working_dir) {
         (None, _) => {
-            if program.is_some_and(|(p, _)| p.require_working_dir) {
+            if program.is_some_and(|p| p.require_working_dir) {
                 v.push(Violation::new("working_dir", "working_dir.required", "this program needs a working_dir"));
             }
             None
@@ -265,12 +381,18 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
             v.push(Violation::new("working_dir", "working_dir.resolve", "the working directory was not resolved"));
             None
         }
-    };
+    }
+}
+
+/// The checks that depend on the program: argument shape, working directory, environment
+/// names and process counts. Returns the argv and working directory to send.
+fn check_program(policy: &Policy, program: &Program, add: &AddRequest, facts: &Facts, v: &mut Vec<Violation>) -> Option<(Vec<String>, Option<std::path::PathBuf>)> {
+    let lim = &policy.limits;
+    let argv = program.args.check(&add.args, &facts.paths, v);
+
+    let working_dir = check_working_dir(policy, Some(program), add, facts, v);
 
     // Environment: names allowed explicitly; code-loading families never; values plain.
-    if add.env.len() > lim.max_env as usize {
-        v.push(Violation::new("env", "env.count", format!("at most {} variables", lim.max_env)));
-    }
     for (k, val) in &add.env {
         let field = || format!("env.{k}");
         let b = k.as_bytes();
@@ -279,66 +401,21 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
             v.push(Violation::new(field(), "env.name", "names are [A-Za-z_][A-Za-z0-9_]*, at most 128 bytes"));
         } else if env_denied(k) {
             v.push(Violation::new(field(), "env.denied", "this variable loads code or redirects trust and is never allowed"));
-        } else if !policy.env.contains(k) && !program.is_some_and(|(p, _)| p.env.contains(k)) {
+        } else if !policy.env.contains(k) && !program.env.contains(k) {
             v.push(Violation::new(field(), "env.not_allowed", "not an allowed variable for this program"));
         }
         check_text(field, val, lim.max_env_value_bytes as usize, v);
     }
 
-    // Circus options: only the policy's allowlist, within bounds.
-    let mut options = Map::new();
-    for (key, bound) in &policy.options {
-        if let Some(d) = &bound.default {
-            options.insert(key.clone(), d.clone());
-        }
-    }
-    for (key, value) in &add.options {
-        let field = || format!("options.{key}");
-        let Some(bound) = policy.options.get(key) else {
-            let allowed: Vec<&str> = policy.options.keys().map(String::as_str).collect();
-            v.push(Violation::new(field(), "options.not_allowed", format!(
-                "allowed options: {}", if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") })));
-            continue;
-        };
-        let ok = match (bound.numeric, value) {
-            (true, Value::Number(n)) => n.as_f64().is_some_and(|x| x >= bound.min.unwrap_or(0.0) && bound.max.is_none_or(|m| x <= m)),
-            (false, Value::Bool(_)) => key != "stop_signal",
-            (false, Value::String(s)) => key == "stop_signal" && signal_number(s).is_some(),
-            _ => false,
-        };
-        if !ok {
-            let range = match (bound.min, bound.max) {
-                (Some(lo), Some(hi)) => format!("a number from {lo} to {hi}"),
-                (None, Some(hi)) => format!("a number up to {hi}"),
-                _ if bound.numeric => "a non-negative number".to_string(),
-                _ if key == "stop_signal" => "a signal name".to_string(),
-                _ => "true or false".to_string(),
-            };
-            v.push(Violation::new(field(), "options.bound", format!("must be {range}")));
-            continue;
-        }
-        let sent = match (key.as_str(), value) {
-            ("stop_signal", Value::String(s)) => json!(signal_number(s).map_or(15, |(_, n)| n)),
-            _ => value.clone(),
-        };
-        options.insert(key.clone(), sent);
-    }
-
     // Processes: per watcher and in all.
-    let cap = program.map_or(lim.max_processes, |(p, _)| p.max_processes);
+    let cap = program.max_processes;
     if add.num_processes == 0 || add.num_processes > cap {
         v.push(Violation::new("num_processes", "processes.per_watcher", format!("must be between 1 and {cap}")));
     } else if facts.total_processes.saturating_add(add.num_processes) > lim.max_total_processes {
         v.push(Violation::new("num_processes", "processes.total", format!(
             "would run {} processes in all; the limit is {}", facts.total_processes.saturating_add(add.num_processes), lim.max_total_processes)));
     }
-
-    if !v.is_empty() {
-        return None;
-    }
-    let (name, (program, path), argv) = (name?, program?, argv?);
-    rules.push(format!("program:{}", program.id));
-    Some(build_add(name, program, path, argv, working_dir, &add.env, options, identity, add))
+    Some((argv, working_dir))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -113,22 +113,31 @@ impl Action {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `add_process`'s arguments, decoded strictly (unknown fields are errors). This type is the
+/// tool's JSON schema too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddRequest {
+    /// The new watcher's name: 1-64 characters from a-z, 0-9, '_' and '-'.
     pub name: String,
+    /// An allowed executable: an absolute path, or a bare name found on the policy's search path.
     pub command: String,
+    /// Arguments, passed to the program exactly as given (no shell, no splitting).
     #[serde(default)]
     pub args: Vec<String>,
+    /// Absolute working directory inside an allowed root.
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// Environment variables for the process (it inherits nothing else).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// How many processes to run (default 1).
     #[serde(default = "one")]
     pub num_processes: u32,
+    /// Start the processes now (default true).
     #[serde(default = "yes")]
     pub start: bool,
-    /// Circus options, checked against the policy's `options` allowlist.
+    /// Circus options the policy allows (for example graceful_timeout, max_retry, respawn).
     #[serde(default)]
     pub options: BTreeMap<String, serde_json::Value>,
 }
@@ -165,6 +174,8 @@ pub struct Target {
     /// The identity that created it (from [`OWNER_ENV`]); none for ini-defined watchers.
     pub owner: Option<String>,
     pub num_processes: u32,
+    /// The executable it runs (canonical, as the warden sent it).
+    pub command: Option<String>,
 }
 
 /// The outcome of [`decide::decide`].

@@ -200,8 +200,8 @@ impl OneOrMany {
 pub struct RawIdentity {
     /// Tool names this identity may call (`*` for all).
     pub tools: Vec<Text>,
-    /// Program ids it may add (`*` for all).
-    #[serde(default = "all")]
+    /// Program ids it may add (`*` for all); absent means none.
+    #[serde(default)]
     pub programs: Vec<Text>,
     /// Which existing watchers it may act on.
     #[serde(default)]
@@ -210,10 +210,6 @@ pub struct RawIdentity {
     pub signals: Option<Vec<Text>>,
     /// Mutating calls allowed per minute, with a burst.
     pub rate_limit: Option<RawRateLimit>,
-}
-
-fn all() -> Vec<Text> {
-    vec![plain("*")]
 }
 
 #[derive(Debug, Deserialize, Default)]

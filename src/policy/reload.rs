@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use super::Policy;
 use crate::metrics::Metrics;
 
+/// Stands for "the file could not be read" where a rejected version's hash goes.
+const UNREADABLE: &str = "unreadable";
+
 /// The active policy. Readers take a cheap snapshot; a reload swaps it atomically.
 #[derive(Clone)]
 pub struct ActivePolicy {
@@ -22,6 +25,8 @@ pub struct ActivePolicy {
     generation: Arc<AtomicU64>,
     path: PathBuf,
     metrics: Metrics,
+    /// The hash of the last version that failed, so one bad version is counted and logged once.
+    rejected: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl ActivePolicy {
@@ -31,6 +36,7 @@ impl ActivePolicy {
             generation: Arc::new(AtomicU64::new(1)),
             path,
             metrics,
+            rejected: Arc::default(),
         };
         active.publish_info();
         active
@@ -56,12 +62,21 @@ impl ActivePolicy {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!(path = %self.path.display(), error = %e, "cannot read the policy; keeping the active one");
-                self.metrics.policy_reloads.with_label_values(&["failure"]).inc();
+                let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+                if rejected.as_deref() != Some(UNREADABLE) {
+                    *rejected = Some(UNREADABLE.into());
+                    tracing::error!(path = %self.path.display(), error = %e, "cannot read the policy; keeping the active one");
+                    self.metrics.policy_reloads.with_label_values(&["failure"]).inc();
+                }
                 return false;
             }
         };
-        if format!("{:x}", Sha256::digest(text.as_bytes())) == self.current.load().hash {
+        let hash = format!("{:x}", Sha256::digest(text.as_bytes()));
+        if hash == self.current.load().hash {
+            return false;
+        }
+        let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        if rejected.as_deref() == Some(hash.as_str()) {
             return false;
         }
         match Policy::compile(&self.path.display().to_string(), &text) {
@@ -75,6 +90,7 @@ impl ActivePolicy {
                 true
             }
             Err(e) => {
+                *rejected = Some(hash);
                 self.metrics.policy_reloads.with_label_values(&["failure"]).inc();
                 tracing::error!(errors = %e, "the new policy does not compile; keeping the active one");
                 false
@@ -114,9 +130,10 @@ mod tests {
 
         std::fs::write(&path, "version: 1\nidentities: [\n").unwrap();
         assert!(!active.reload());
+        assert!(!active.reload(), "the same bad version again");
         assert_eq!(active.get().hash, before);
         assert_eq!(active.generation(), 1);
-        assert_eq!(m.policy_reloads.with_label_values(&["failure"]).get(), 1);
+        assert_eq!(m.policy_reloads.with_label_values(&["failure"]).get(), 1, "one bad version is counted once");
 
         std::fs::write(&path, format!("{GOOD}# changed\n")).unwrap();
         assert!(active.reload());
@@ -128,6 +145,8 @@ mod tests {
         assert!(!active.reload(), "an unchanged file is not a reload");
         std::fs::remove_file(&path).unwrap();
         assert!(!active.reload());
+        assert!(!active.reload());
         assert_eq!(active.generation(), 2);
+        assert_eq!(m.policy_reloads.with_label_values(&["failure"]).get(), 2, "a missing file is counted once");
     }
 }

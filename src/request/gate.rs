@@ -176,6 +176,7 @@ async fn circus_facts(client: &CircusClient, action: &Action, f: &mut Facts) -> 
                     exists: true,
                     owner: o.pointer(&format!("/env/{OWNER_ENV}")).and_then(Value::as_str).map(str::to_string),
                     num_processes: o.get("numprocesses").and_then(Value::as_u64).unwrap_or(0) as u32,
+                    command: o.get("cmd").and_then(Value::as_str).map(crate::policy::decide::shell_unquote),
                 }
             }
             Err(e) if e.is_not_found() => Target::default(),

@@ -1,16 +1,22 @@
-//! Handlers of the tools that change what runs. Each turns its arguments into a policy
-//! [`Action`], passes the gate, and sends exactly the command the decision carries.
+//! The tools that change what runs: pass the gate, send exactly the command the decision
+//! carries, record circusd's answer, and shape the result. Also `explain_policy`, which stops
+//! after the decision.
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::tools::{ActionOutput, AddArgs, AddOutput, ExplainArgs, RemoveOutput, ScaleArgs, ScaleOutput, SignalArgs, SignalOutput};
+use super::tools::{ActionOutput, AddOutput, ExplainArgs, RemoveOutput, ScaleOutput, SignalOutput};
 use super::{ErrorKind, ToolError, Warden};
 use crate::circus::{CircusError, Command, WatcherName};
-use crate::policy::{cases, Action, AddRequest};
+use crate::policy::Action;
 
-/// Gate, send, record the outcome. Returns the command sent and circusd's reply.
-async fn run(w: &Warden, identity: &str, action: Action) -> Result<(Command, Value), ToolError> {
-    let admitted = w.gate.admit(&w.client, identity, action).await?;
+fn json<T: Serialize>(v: T) -> Result<Value, ToolError> {
+    serde_json::to_value(v).map_err(|e| ToolError::new(ErrorKind::CircusError, format!("cannot encode the result: {e}")))
+}
+
+/// Runs one mutating action for `identity` and returns the tool's result.
+pub async fn run(w: &Warden, identity: &str, action: Action) -> Result<Value, ToolError> {
+    let admitted = w.gate.admit(&w.client, identity, action.clone()).await?;
     let Some(cmd) = admitted.command.clone() else {
         return Err(ToolError::new(ErrorKind::Denied, "internal error: an allowed change carried no command; nothing was sent"));
     };
@@ -20,86 +26,46 @@ async fn run(w: &Warden, identity: &str, action: Action) -> Result<(Command, Val
         _ => w.client.call(cmd.clone()).await,
     };
     w.gate.done(&admitted, &result);
-    match result {
-        Ok(reply) => Ok((cmd, reply)),
-        // The command reached circusd (it is only sent over a live connection) but its answer
-        // did not: circusd may still carry it out. Retrying blindly could do it twice.
-        Err(e @ CircusError::Timeout(_)) => {
-            let mut err = ToolError::from(e);
-            err.retryable = false;
-            err.message.push_str("; the change may still take effect: check with get_process_status before retrying");
-            Err(err)
-        }
-        Err(e) => Err(e.into()),
+    if let Err(e) = result {
+        return Err(match e {
+            // The command reached circusd (it is only sent over a live connection) but the
+            // answer did not: circusd may still carry it out. Retrying blindly could do it twice.
+            CircusError::Timeout(_) => {
+                let mut err = ToolError::from(e);
+                err.retryable = false;
+                err.message.push_str("; the change may still take effect: check with get_process_status before retrying");
+                err
+            }
+            e => e.into(),
+        });
     }
-}
-
-fn watcher(cmd: &Command) -> String {
-    cmd.watcher().map(WatcherName::to_string).unwrap_or_default()
-}
-
-pub async fn add(w: &Warden, identity: &str, a: AddArgs) -> Result<AddOutput, ToolError> {
-    let action = Action::Add(AddRequest {
-        name: a.name,
-        command: a.command,
-        args: a.args,
-        working_dir: a.working_dir,
-        env: a.env,
-        num_processes: a.num_processes,
-        start: a.start,
-        options: a.options,
-    });
-    let (cmd, _) = run(w, identity, action).await?;
-    match cmd {
-        Command::Add { name, cmd: program, args, start, .. } => {
-            Ok(AddOutput { name: name.to_string(), command: program, args, started: start })
+    let name = cmd.watcher().map(WatcherName::to_string).unwrap_or_default();
+    match (action, cmd) {
+        (Action::Add(_), Command::Add { cmd: command, args, start, .. }) => json(AddOutput { name, command, args, started: start }),
+        (Action::Remove { .. }, _) => json(RemoveOutput { name, removed: true }),
+        (Action::Scale { num_processes, .. }, _) => json(ScaleOutput { name, num_processes }),
+        (Action::Signal { signal, .. }, _) => {
+            let signal = crate::circus::signal_number(&signal).map_or(signal, |(n, _)| n.to_string());
+            json(SignalOutput { name, signal })
         }
-        _ => Err(ToolError::new(ErrorKind::CircusError, "internal error: unexpected command")),
+        (action, cmd) => {
+            let verb = action.tool().trim_end_matches("_process").to_string();
+            let status = w.client.call(Command::Status { name: cmd.watcher().cloned() }).await?;
+            let state = status.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string();
+            json(ActionOutput { name, action: verb, state })
+        }
     }
-}
-
-pub async fn lifecycle(w: &Warden, identity: &str, tool: &str, name: String) -> Result<ActionOutput, ToolError> {
-    let (action, verb) = match tool {
-        "start_process" => (Action::Start { name }, "start"),
-        "stop_process" => (Action::Stop { name }, "stop"),
-        "restart_process" => (Action::Restart { name }, "restart"),
-        _ => (Action::Reload { name }, "reload"),
-    };
-    let (cmd, _) = run(w, identity, action).await?;
-    let status = w.client.call(Command::Status { name: cmd.watcher().cloned() }).await?;
-    Ok(ActionOutput {
-        name: watcher(&cmd),
-        action: verb.into(),
-        state: status.get("status").and_then(Value::as_str).unwrap_or("unknown").into(),
-    })
-}
-
-pub async fn remove(w: &Warden, identity: &str, name: String) -> Result<RemoveOutput, ToolError> {
-    let (cmd, _) = run(w, identity, Action::Remove { name }).await?;
-    Ok(RemoveOutput { name: watcher(&cmd), removed: true })
-}
-
-pub async fn scale(w: &Warden, identity: &str, a: ScaleArgs) -> Result<ScaleOutput, ToolError> {
-    let (cmd, _) = run(w, identity, Action::Scale { name: a.name, num_processes: a.num_processes }).await?;
-    Ok(ScaleOutput { name: watcher(&cmd), num_processes: a.num_processes })
-}
-
-pub async fn signal(w: &Warden, identity: &str, a: SignalArgs) -> Result<SignalOutput, ToolError> {
-    let shown = crate::circus::signal_number(&a.signal).map_or(a.signal.clone(), |(n, _)| n.to_string());
-    let (cmd, _) = run(w, identity, Action::Signal { name: a.name, signal: a.signal }).await?;
-    Ok(SignalOutput { name: watcher(&cmd), signal: shown })
 }
 
 /// `explain_policy`: the decision the call would get, without recording or running it.
 pub async fn explain(w: &Warden, identity: &str, a: ExplainArgs) -> Result<Value, ToolError> {
-    let action = cases::action(&a.tool, Value::Object(a.arguments)).map_err(|e| ToolError::invalid("arguments", "schema.type", e))?;
+    let action = super::tools::action(&a.tool, Value::Object(a.arguments))?;
     let (decision, _) = w.gate.decide(&w.client, identity, action).await?;
-    let command = decision.command.as_ref().map(Command::preview);
     Ok(json!({
         "decision": if decision.allow { "allow" } else { "deny" },
         "rules": decision.rules,
         "violations": decision.violations,
-        "would_send": command,
+        "would_send": decision.command.as_ref().map(Command::preview),
         "policy_generation": w.gate.policy.generation(),
     }))
 }

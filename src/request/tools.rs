@@ -2,7 +2,7 @@
 //! from a tool name and raw JSON arguments to its handler. Arguments are decoded once, here,
 //! strictly (unknown fields and wrong types are errors that name the field).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use super::{inspect, mutate, ErrorKind, ToolError, Warden};
 use crate::circus::events::Exit;
-use crate::policy::{Action, Violation};
+use crate::policy::{Action, AddRequest, Violation};
 
 /// A tool as MCP lists it.
 pub struct ToolSpec {
@@ -51,7 +51,7 @@ macro_rules! tool {
 }
 
 pub static TOOLS: &[ToolSpec] = &[
-    tool!("add_process", "Add a process", AddArgs, AddOutput, mutates: true, destructive: false,
+    tool!("add_process", "Add a process", AddRequest, AddOutput, mutates: true, destructive: false,
         "Add a watcher that runs an allowed executable with the given arguments, and start it unless start is false. \
          The command is resolved to its canonical absolute path by the warden; denials list each failed check and what would be allowed."),
     tool!("start_process", "Start a process", NameArgs, ActionOutput, mutates: true, destructive: false,
@@ -101,14 +101,10 @@ async fn dispatch(w: &Warden, identity: &str, name: &str, args: Option<Map<Strin
     if find(name).is_some_and(|t| !t.mutates) {
         w.gate.admit(&w.client, identity, Action::Read { tool: name.to_string() }).await?;
     }
+    if find(name).is_some_and(|t| t.mutates) {
+        return mutate::run(w, identity, action(name, args)?).await;
+    }
     match name {
-        "add_process" => to_value(mutate::add(w, identity, decode(args)?).await?),
-        "start_process" | "stop_process" | "restart_process" | "reload_process" => {
-            to_value(mutate::lifecycle(w, identity, name, decode::<NameArgs>(args)?.name).await?)
-        }
-        "remove_process" => to_value(mutate::remove(w, identity, decode::<NameArgs>(args)?.name).await?),
-        "scale_process" => to_value(mutate::scale(w, identity, decode(args)?).await?),
-        "signal_process" => to_value(mutate::signal(w, identity, decode(args)?).await?),
         "list_processes" => {
             decode::<EmptyArgs>(args)?;
             to_value(inspect::list(w).await?)
@@ -126,6 +122,45 @@ async fn dispatch(w: &Warden, identity: &str, name: &str, args: Option<Map<Strin
 
 fn to_value<T: Serialize>(v: T) -> Result<Value, ToolError> {
     serde_json::to_value(v).map_err(|e| ToolError::new(ErrorKind::CircusError, format!("cannot encode the result: {e}")))
+}
+
+/// A mutating tool's arguments as a policy [`Action`], decoded strictly: the one decoding
+/// used by the tools, `explain_policy` and `policy test` alike. Read tools map to
+/// `Action::Read` after their own arguments decode.
+pub fn action(tool: &str, args: Value) -> Result<Action, ToolError> {
+    Ok(match tool {
+        "add_process" => Action::Add(decode::<AddRequest>(args)?),
+        "start_process" => Action::Start { name: decode::<NameArgs>(args)?.name },
+        "stop_process" => Action::Stop { name: decode::<NameArgs>(args)?.name },
+        "restart_process" => Action::Restart { name: decode::<NameArgs>(args)?.name },
+        "reload_process" => Action::Reload { name: decode::<NameArgs>(args)?.name },
+        "remove_process" => Action::Remove { name: decode::<NameArgs>(args)?.name },
+        "scale_process" => {
+            let a = decode::<ScaleArgs>(args)?;
+            Action::Scale { name: a.name, num_processes: a.num_processes }
+        }
+        "signal_process" => {
+            let a = decode::<SignalArgs>(args)?;
+            Action::Signal { name: a.name, signal: a.signal }
+        }
+        "list_processes" => {
+            decode::<EmptyArgs>(args)?;
+            Action::Read { tool: tool.into() }
+        }
+        "get_process_status" => {
+            decode::<NameArgs>(args)?;
+            Action::Read { tool: tool.into() }
+        }
+        "get_process_stats" => {
+            decode::<OptionalNameArgs>(args)?;
+            Action::Read { tool: tool.into() }
+        }
+        "explain_policy" => {
+            decode::<ExplainArgs>(args)?;
+            Action::Read { tool: tool.into() }
+        }
+        other => Action::Read { tool: other.into() },
+    })
 }
 
 /// Decodes arguments strictly, naming the offending field.
@@ -174,46 +209,12 @@ pub struct OptionalNameArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AddArgs {
-    /// The new watcher's name: 1-64 characters from a-z, 0-9, '_' and '-'.
-    pub name: String,
-    /// An allowed executable: an absolute path, or a bare name found on the warden's own search path.
-    pub command: String,
-    /// Arguments, passed to the program exactly as given (no shell, no splitting).
-    #[serde(default)]
-    pub args: Vec<String>,
-    /// Absolute working directory inside an allowed root.
-    #[serde(default)]
-    pub working_dir: Option<String>,
-    /// Environment variables for the process (it inherits nothing else).
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// How many processes to run (default 1).
-    #[serde(default = "one")]
-    pub num_processes: u32,
-    /// Start the processes now (default true).
-    #[serde(default = "yes")]
-    pub start: bool,
-    /// Circus options the policy allows (for example graceful_timeout, max_retry, respawn).
-    #[serde(default)]
-    pub options: BTreeMap<String, Value>,
-}
-
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ExplainArgs {
     /// The tool whose call to explain, for example "add_process".
     pub tool: String,
     /// That tool's arguments.
     #[serde(default)]
     pub arguments: Map<String, Value>,
-}
-
-fn one() -> u32 {
-    1
-}
-fn yes() -> bool {
-    true
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -319,7 +320,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named() {
-        let e = decode::<AddArgs>(json!({"name": "w", "command": "x", "hooks": {}})).unwrap_err();
+        let e = decode::<AddRequest>(json!({"name": "w", "command": "x", "hooks": {}})).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidArguments);
         assert_eq!(e.violations[0].field, "hooks");
         assert_eq!(e.violations[0].rule, "schema.unknown_field");
@@ -331,7 +332,7 @@ mod tests {
         assert_eq!((e.violations[0].field.as_str(), e.violations[0].rule.as_str()), ("num_processes", "schema.type"));
         let e = decode::<ScaleArgs>(json!({"num_processes": 3})).unwrap_err();
         assert_eq!((e.violations[0].field.as_str(), e.violations[0].rule.as_str()), ("name", "schema.required"));
-        let e = decode::<AddArgs>(json!({"name": "w", "command": "x", "env": {"A": 1}})).unwrap_err();
+        let e = decode::<AddRequest>(json!({"name": "w", "command": "x", "env": {"A": 1}})).unwrap_err();
         assert_eq!(e.violations[0].field, "env.A");
     }
 
