@@ -753,15 +753,11 @@ def test_denied_requests_never_reach_circusd(conn_factory, circusd: Circusd, wor
         sorted(p.name for p in C.iterdir())
 
 
-# =========================================================================== known warden faults
-# Each test states the contract and fails today because the warden breaks it (src/ is not
-# this suite's to change). strict=True: once the warden is fixed the xfail turns into a
-# failure, so the mark is removed and the test guards the fix.
+# =========================================================================== faults found and fixed
+# Each of these failed against an earlier warden (they were pinned as strict xfails); they now
+# guard the fixes.
 
 
-@pytest.mark.xfail(strict=True, reason="warden fault: scale_process checks only limits.max_processes, "
-                   "not the program's max_processes (decide.rs `scale`), so a watcher capped at 1 by its "
-                   "program can be scaled to the global limit")
 def test_scale_respects_the_programs_process_cap(conn_factory, clean_circusd, workroot):
     ep = clean_circusd.endpoint
     doc = e2e_policy(workroot)
@@ -775,9 +771,6 @@ def test_scale_respects_the_programs_process_cap(conn_factory, clean_circusd, wo
     assert res.get("isError") is True and n == 1, f"scaled past the program's cap to {n}: {res}"
 
 
-@pytest.mark.xfail(strict=True, reason="warden fault: when several programs share one executable path, "
-                   "decide_add checks the arguments against the first program the identity may use only "
-                   "(`.find(...)` in decide.rs), so a request that fits another allowed program is denied")
 def test_two_programs_on_one_executable(conn_factory, clean_circusd, workroot):
     doc = e2e_policy(workroot)
     doc["programs"] = [
@@ -789,10 +782,6 @@ def test_two_programs_on_one_executable(conn_factory, clean_circusd, workroot):
     ok(conn.call("add_process", {"name": unique_name("long"), "command": SLEEP, "args": ["500"]}))
 
 
-@pytest.mark.xfail(strict=True, reason="warden fault: explain_policy decodes lifecycle arguments with "
-                   "policy::cases::action, whose Start/Stop/Scale/Signal variants accept unknown fields, while "
-                   "the tools reject them (NameArgs etc. deny_unknown_fields): explain says allow for a call "
-                   "that is refused as invalid_arguments")
 def test_explain_policy_and_the_call_agree_on_unknown_fields(conn_factory, clean_circusd, workroot):
     conn = conn_factory("stdio", clean_circusd, workroot, "explain-fields")
     name = unique_name("mine")
@@ -805,11 +794,6 @@ def test_explain_policy_and_the_call_agree_on_unknown_fields(conn_factory, clean
         f"explain_policy allows what the tool refuses: {ex.get('structuredContent')}"
 
 
-@pytest.mark.xfail(strict=True, reason="warden fault: the text checks (control characters, circus expansion "
-                   "syntax) run on the raw arguments but not on the canonical form of `path: true` arguments, "
-                   "which is what is sent (args.rs ArgRule::check); a symlink to a file whose name holds "
-                   "$(circus.env.X) gets expansion syntax to circusd, which expands it: the process runs "
-                   "another file than the one checked")
 def test_canonical_path_arguments_carry_no_expansion(conn_factory, clean_circusd, workroot):
     app = workroot / "exp-app"
     app.mkdir()
