@@ -58,16 +58,8 @@ pub fn env_denied(name: &str) -> bool {
         || DENIED_ENV_SUFFIXES.iter().any(|s| upper.ends_with(s))
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_watchers: u32,
-    pub max_total_processes: u32,
-    pub max_processes: u32,
-    pub max_args: u32,
-    pub max_arg_bytes: u32,
-    pub max_env: u32,
-    pub max_env_value_bytes: u32,
-}
+/// The limits are used as written (after the range checks below).
+pub type Limits = super::model::RawLimits;
 
 #[derive(Debug, Clone)]
 pub struct OptionBound {
@@ -239,16 +231,8 @@ impl Policy {
         if raw.version != 1 {
             e.at(None, "version", "only version 1 exists");
         }
-        let l = &raw.limits;
-        let limits = Limits {
-            max_watchers: l.max_watchers,
-            max_total_processes: l.max_total_processes,
-            max_processes: l.max_processes,
-            max_args: l.max_args,
-            max_arg_bytes: l.max_arg_bytes,
-            max_env: l.max_env,
-            max_env_value_bytes: l.max_env_value_bytes,
-        };
+        let limits: Limits = raw.limits;
+        let l = &limits;
         for (name, v, max) in [
             ("limits.max_watchers", l.max_watchers, 10_000),
             ("limits.max_total_processes", l.max_total_processes, 100_000),

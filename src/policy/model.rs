@@ -53,7 +53,7 @@ pub fn plain(s: &str) -> Text {
     Spanned::new(s.to_string(), serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
     /// Watchers circusd may hold in all (ini-defined ones count).
