@@ -47,7 +47,12 @@ build:
 run: venv build
 	$(VENV_PATH) $(BIN) serve --transport $(TRANSPORT)
 
-test: venv tools
+# promtool and prometheus (tests/e2e/test_metrics.py) come from apt, like test-deploy's promtool.
+.PHONY: system-tools
+system-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }
+
+test: venv tools system-tools
 	$(VENV_PATH) cargo test --release
 	cargo build --release
 	$(BIN) policy test policies/tests
