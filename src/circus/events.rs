@@ -219,10 +219,14 @@ impl ProcessView {
             let looping = w.crash_looping;
             self.count(|m| m.crash_looping.with_label_values(&[name]).set(looping as i64));
         }
+        // Every state is set in one pass (no reset), so a scrape never sees a half-built set.
         self.count(|m| {
-            m.watchers.reset();
+            let mut counts: BTreeMap<&str, i64> = ["active", "starting", "stopped", "stopping"].map(|s| (s, 0)).into();
             for state in states.values() {
-                m.watchers.with_label_values(&[state]).inc();
+                *counts.entry(state.as_str()).or_default() += 1;
+            }
+            for (state, n) in counts {
+                m.watchers.with_label_values(&[state]).set(n);
             }
         });
     }

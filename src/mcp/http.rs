@@ -131,6 +131,18 @@ pub async fn serve(
         max_sessions: cfg.max_sessions,
         probes: Probes { circus, metrics },
     });
+    // The session gauge is also read on the admin listener, which cannot see the sessions:
+    // refresh it every second here.
+    let (sessions, gauge, ticker_stop) = (edge.sessions.clone(), edge.probes.metrics.http_sessions.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = ticker_stop.cancelled() => return,
+                _ = tick.tick() => gauge.set(sessions.sessions.read().await.len() as i64),
+            }
+        }
+    });
     accept_loop(listener, cfg.max_connections, stop, move |req| {
         let edge = edge.clone();
         async move { edge.route(req).await }

@@ -54,6 +54,7 @@ impl Gate {
                     let v = Violation::new("identity", "rate_limit", format!(
                         "identity {identity:?} may make {per_minute} changes a minute (bursts of {burst}); retry later"));
                     let decision = Decision::deny(vec![v]);
+                    self.count(&tool, &decision);
                     let _ = self.record(identity, &action, &decision);
                     let mut e = ToolError::denied(decision.violations);
                     e.kind = ErrorKind::RateLimited;
@@ -65,23 +66,23 @@ impl Gate {
         let (decision, _) = self.decide(client, identity, action.clone()).await?;
         // Allowed reads are recorded only when asked (`audit.reads`); everything else always.
         if !action.mutates() && decision.allow && !self.audit.reads {
+            self.count(&tool, &decision);
             return Ok(Admitted { id: String::new(), command: None });
         }
         let id = match self.record(identity, &action, &decision) {
             Ok(id) => id,
             Err(_) if self.audit.fail_closed && action.mutates() => {
-                return Err(ToolError::denied(vec![Violation::new("audit", "audit.unavailable",
-                    "the audit log cannot be written, so no change is allowed; reads still work")]));
+                let refused = Decision::deny(vec![Violation::new("audit", "audit.unavailable",
+                    "the audit log cannot be written, so no change is allowed; reads still work")]);
+                self.count(&tool, &refused);
+                return Err(ToolError::denied(refused.violations));
             }
             Err(_) => String::new(),
         };
+        self.count(&tool, &decision);
         if decision.allow {
-            self.metrics.decisions.with_label_values(&[&tool, "allow", "allow"]).inc();
             Ok(Admitted { id, command: decision.command })
         } else {
-            for rule in &decision.rules {
-                self.metrics.decisions.with_label_values(&[&tool, "deny", rule]).inc();
-            }
             let not_found = decision.violations.iter().all(|v| v.rule == "watcher.not_found");
             let mut e = ToolError::denied(decision.violations);
             if not_found {
@@ -136,6 +137,17 @@ impl Gate {
             policy_hash: &self.policy.get().hash,
         })?;
         Ok(id)
+    }
+
+    /// `circus_warden_policy_decisions_total`: one per allow, one per fired rule of a denial.
+    fn count(&self, tool: &str, d: &Decision) {
+        if d.allow {
+            self.metrics.decisions.with_label_values(&[tool, "allow", "allow"]).inc();
+        } else {
+            for rule in &d.rules {
+                self.metrics.decisions.with_label_values(&[tool, "deny", rule]).inc();
+            }
+        }
     }
 
     fn take(&self, identity: &str, per_minute: u32, burst: u32) -> bool {
