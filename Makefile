@@ -57,6 +57,7 @@ test: venv tools system-tools
 	cargo build --release
 	$(BIN) policy test policies/tests
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
+	$(MAKE) test-deploy
 
 # the two halves of `test`, for iterating
 test-rust: venv

@@ -6,9 +6,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use circus_warden::circus::client::Limits;
+use circus_warden::circus::command::AddOptions;
 use circus_warden::circus::{CircusClient, CircusError, Command, WatcherName};
 use common::{eventually, Circusd};
-use serde_json::{json, Map};
+use serde_json::json;
 
 fn limits(mutation_ms: u64) -> Limits {
     Limits {
@@ -25,8 +26,7 @@ fn name(s: &str) -> WatcherName {
 }
 
 fn add(n: &str, program: &str, args: &[&str], start: bool) -> Command {
-    let mut options = Map::new();
-    options.insert("graceful_timeout".into(), json!(1));
+    let options = AddOptions { numprocesses: 1, extra: vec![("graceful_timeout", json!(1))], ..Default::default() };
     Command::Add { name: name(n), cmd: program.into(), args: args.iter().map(|s| s.to_string()).collect(), options, start }
 }
 
@@ -126,8 +126,7 @@ async fn mutations_retry_while_circusd_holds_its_lock() {
     let client = CircusClient::start(&circus.control, limits(15_000), None).unwrap();
     // A process that ignores SIGTERM keeps a graceful stop (and circusd's lock) busy ~2 s.
     let stubborn = "trap '' TERM; while true; do sleep 0.1; done";
-    let mut options = Map::new();
-    options.insert("graceful_timeout".into(), json!(2));
+    let options = AddOptions { numprocesses: 1, extra: vec![("graceful_timeout", json!(2))], ..Default::default() };
     client
         .call(Command::Add { name: name("stubborn"), cmd: "/bin/sh".into(), args: vec!["-c".into(), stubborn.into()], options, start: true })
         .await

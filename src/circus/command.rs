@@ -6,12 +6,60 @@
 //! non-empty `command` and an object `properties`, the only shape circusd handles without
 //! stalling its connection.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::WatcherName;
 
-/// Options of an `add`, built by the gate. Only keys circus validates and the gate chose.
-pub type AddOptions = Map<String, Value>;
+/// Options of an `add`, built by the policy decision. Typed, so that the forced-safe keys
+/// cannot be missing and no other key can appear than the ones named here and in `extra`
+/// (which the policy fills only with its settable options).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AddOptions {
+    pub numprocesses: u32,
+    /// Environment of the processes: exactly these variables (`copy_env` is always false).
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// Settable circus options (graceful_timeout, max_retry, …), by circus name.
+    pub extra: Vec<(&'static str, Value)>,
+}
+
+impl serde::Serialize for AddOptions {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Env<'a>(&'a [(String, String)]);
+        impl serde::Serialize for Env<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (k, v) in self.0 {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("numprocesses", &self.numprocesses)?;
+        // Never inherit circusd's environment, never a shell, stop the whole process tree,
+        // and give the child no stdin.
+        m.serialize_entry("copy_env", &false)?;
+        m.serialize_entry("shell", &false)?;
+        m.serialize_entry("stop_children", &true)?;
+        m.serialize_entry("close_child_stdin", &true)?;
+        m.serialize_entry("env", &Env(&self.env))?;
+        if let Some(d) = &self.working_dir {
+            m.serialize_entry("working_dir", d)?;
+        }
+        if let (Some(uid), Some(gid)) = (self.uid, self.gid) {
+            m.serialize_entry("uid", &uid)?;
+            m.serialize_entry("gid", &gid)?;
+        }
+        for (k, v) in &self.extra {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -154,7 +202,7 @@ mod tests {
             Command::List { name: None },
             Command::GlobalOptions,
             Command::Signal { name: name("a"), signum: 1 },
-            Command::Add { name: name("a"), cmd: "/bin/true".into(), args: vec![], options: Map::new(), start: false },
+            Command::Add { name: name("a"), cmd: "/bin/true".into(), args: vec![], options: AddOptions::default(), start: false },
         ];
         for c in all {
             let v: Value = serde_json::from_slice(&c.encode("abc")).unwrap();
@@ -162,6 +210,14 @@ mod tests {
             assert!(v["properties"].is_object());
             assert_eq!(v["id"], "abc");
         }
+    }
+
+    #[test]
+    fn add_options_are_forced_safe() {
+        let o = AddOptions { numprocesses: 2, env: vec![("A".into(), "1".into())], extra: vec![("graceful_timeout", json!(5))], ..Default::default() };
+        let v = serde_json::to_value(&o).unwrap();
+        assert_eq!(v, json!({"numprocesses": 2, "copy_env": false, "shell": false, "stop_children": true,
+            "close_child_stdin": true, "env": {"A": "1"}, "graceful_timeout": 5}));
     }
 
     #[test]

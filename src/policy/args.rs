@@ -2,7 +2,7 @@
 //! returns the argv to send (path arguments replaced by their canonical form), so what runs is
 //! what was checked.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::PathBuf;
 
 use globset::GlobSet;
@@ -27,14 +27,14 @@ pub struct ArgShape {
     pub positional: Vec<ArgRule>,
     pub min_positional: u32,
     /// Allowed flags; `Some(rule)` when the flag takes a value.
-    pub flags: HashMap<String, Option<ArgRule>>,
+    pub flags: FxHashMap<String, Option<ArgRule>>,
     pub rest: Option<ArgRule>,
     pub deny: GlobSet,
 }
 
 impl ArgRule {
     /// The value to send, or a violation on `field`.
-    fn check(&self, index: usize, value: &str, paths: &HashMap<String, Result<PathBuf, String>>, v: &mut Vec<Violation>) -> Option<String> {
+    fn check(&self, index: usize, value: &str, paths: &FxHashMap<String, Result<PathBuf, String>>, v: &mut Vec<Violation>) -> Option<String> {
         let field = || format!("args[{index}]");
         let subject = if self.path {
             match paths.get(value) {
@@ -79,7 +79,7 @@ impl ArgShape {
     }
 
     /// Checks `args` against the shape. Returns the argv to send when no violation was added.
-    pub fn check(&self, args: &[String], paths: &HashMap<String, Result<PathBuf, String>>, v: &mut Vec<Violation>) -> Vec<String> {
+    pub fn check(&self, args: &[String], paths: &FxHashMap<String, Result<PathBuf, String>>, v: &mut Vec<Violation>) -> Vec<String> {
         let before = v.len();
         if args.len() > self.max_count as usize {
             v.push(Violation::new("args", "args.count", format!("at most {} arguments", self.max_count)));

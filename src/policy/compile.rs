@@ -1,7 +1,9 @@
 //! Compiling a policy file: parse, check every field, build glob sets. Errors name the file,
 //! the line and the field. The result is immutable; a new file makes a new [`Policy`].
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::{Component, Path, PathBuf};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
@@ -52,8 +54,10 @@ pub fn env_denied(name: &str) -> bool {
     if HARMLESS_IN_DENIED_FAMILIES.contains(&name) {
         return false;
     }
-    let upper = name.to_ascii_uppercase();
-    DENIED_ENV_SET.contains(upper.as_str())
+    // Names are usually upper case already: no allocation then.
+    let upper: std::borrow::Cow<str> =
+        if name.bytes().any(|b| b.is_ascii_lowercase()) { name.to_ascii_uppercase().into() } else { name.into() };
+    DENIED_ENV_SET.contains(upper.as_ref())
         || DENIED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
         || DENIED_ENV_SUFFIXES.iter().any(|s| upper.ends_with(s))
 }
@@ -63,6 +67,8 @@ pub type Limits = super::model::RawLimits;
 
 #[derive(Debug, Clone)]
 pub struct OptionBound {
+    /// circus's name for it.
+    pub name: &'static str,
     pub numeric: bool,
     pub min: Option<f64>,
     pub max: Option<f64>,
@@ -112,9 +118,9 @@ pub struct Policy {
     pub env: HashSet<String>,
     pub working_dirs: Vec<PathBuf>,
     pub programs: Vec<Program>,
-    /// One glob per program, in order: `matches` gives the candidate programs.
-    pub program_paths: GlobSet,
     pub identities: HashMap<String, Identity>,
+    /// One glob per program, in order (index = program).
+    program_paths: GlobSet,
 }
 
 /// Why a policy does not compile: `file:line: field: message`.
@@ -183,7 +189,7 @@ fn absolute(t: &Text, field: &str, e: &mut Errors) -> Option<PathBuf> {
 }
 
 fn env_names(list: &[Text], field: &str, e: &mut Errors) -> HashSet<String> {
-    let mut out = HashSet::new();
+    let mut out = HashSet::default();
     for (i, t) in list.iter().enumerate() {
         let f = format!("{field}[{i}]");
         let b = t.value.as_bytes();
@@ -254,8 +260,8 @@ impl Policy {
         let mut options = BTreeMap::new();
         for (key, bound) in &raw.options {
             match SETTABLE_OPTIONS.iter().find(|(k, _)| k == key) {
-                Some((_, numeric)) => {
-                    options.insert(key.clone(), OptionBound { numeric: *numeric, min: bound.min, max: bound.max, default: bound.default.clone() });
+                Some((name, numeric)) => {
+                    options.insert(key.clone(), OptionBound { name, numeric: *numeric, min: bound.min, max: bound.max, default: bound.default.clone() });
                 }
                 None => e.at(None, &format!("options.{key}"), format!(
                     "not a settable option; settable: {}",
@@ -270,7 +276,7 @@ impl Policy {
         let mut warnings = Vec::new();
         let mut programs = Vec::new();
         let mut paths = GlobSetBuilder::new();
-        let mut ids = HashSet::new();
+        let mut ids = HashSet::default();
         for (i, sp) in raw.programs.iter().enumerate() {
             let p = &sp.value;
             let field = format!("programs[{i}] ({})", p.id);
@@ -292,17 +298,10 @@ impl Policy {
                     _ => {}
                 }
             }
-            match glob(&p.path, &format!("{field}.path"), &mut e) {
-                Some(g) => {
-                    paths.add(g);
-                }
-                None => {
-                    // Keep indices aligned with `programs`: a glob that matches nothing.
-                    paths.add(Glob::new("/\0never").expect("valid glob"));
-                }
-            }
+            // A glob that does not compile is an error; the placeholder keeps indices aligned.
+            paths.add(glob(&p.path, &format!("{field}.path"), &mut e).unwrap_or_else(|| Glob::new("/\0never").expect("valid glob")));
             let a = &p.args;
-            let mut flags = HashMap::new();
+            let mut flags = HashMap::default();
             for (flag, spec) in &a.flags {
                 if !flag.starts_with('-') || flag.contains('=') || flag.len() < 2 {
                     e.at(here, &format!("{field}.args.flags.{flag}"), "a flag starts with '-' and has no '='");
@@ -348,9 +347,8 @@ impl Policy {
             e.at(None, "programs", err);
             GlobSet::empty()
         });
-
         let global_signals = signals(&raw.signals, "signals", &mut e);
-        let mut identities = HashMap::new();
+        let mut identities = HashMap::default();
         for (name, si) in &raw.identities {
             let id = &si.value;
             let field = format!("identities.{name}");
@@ -397,9 +395,14 @@ impl Policy {
             env,
             working_dirs,
             programs,
-            program_paths,
             identities,
+            program_paths,
         })
+    }
+
+    /// The programs whose path glob matches a canonical executable, in file order.
+    pub fn programs_for<'p>(&'p self, path: &str) -> impl Iterator<Item = &'p Program> + use<'p> {
+        self.program_paths.matches(path).into_iter().map(move |i| &self.programs[i])
     }
 
     /// Reads and compiles a policy file.
@@ -450,7 +453,8 @@ mod tests {
     #[test]
     fn globs_do_not_cross_separators() {
         let p = Policy::compile("p", "version: 1\nidentities: {}\nprograms:\n  - {id: a, path: /usr/bin/*}\n").unwrap();
-        assert!(p.program_paths.is_match("/usr/bin/python3"));
-        assert!(!p.program_paths.is_match("/usr/bin/x/evil"));
+        assert_eq!(p.programs_for("/usr/bin/python3").count(), 1);
+        assert_eq!(p.programs_for("/usr/bin/x/evil").count(), 0);
+        assert_eq!(p.programs_for("/usr/binx").count(), 0);
     }
 }

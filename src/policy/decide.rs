@@ -4,10 +4,11 @@
 
 use std::path::Path;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::compile::{env_denied, Identity, Policy, Program, WatcherScope};
 use super::{Action, AddRequest, Decision, Facts, Request, Violation, OWNER_ENV, READ_TOOLS};
+use crate::circus::command::AddOptions;
 use crate::circus::{signal_number, Command, WatcherName};
 
 const MAX_COMMAND_BYTES: usize = 4096;
@@ -154,7 +155,7 @@ fn scale(policy: &Policy, name: WatcherName, n: u32, facts: &Facts, v: &mut Vec<
     // that runs no known program gets the global cap.
     let command = facts.target.as_ref().and_then(|t| t.command.as_deref());
     let cap = command
-        .map(|c| policy.program_paths.matches(c).into_iter().map(|i| policy.programs[i].max_processes).min().unwrap_or(policy.limits.max_processes))
+        .map(|c| policy.programs_for(c).map(|p| p.max_processes).min().unwrap_or(policy.limits.max_processes))
         .unwrap_or(policy.limits.max_processes);
     if n == 0 || n > cap {
         v.push(Violation::new("num_processes", "processes.per_watcher", format!("must be between 1 and {cap}")));
@@ -239,13 +240,7 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
         Some(Ok(path)) => {
             let path_str = path.to_string_lossy();
             check_text(|| "command".into(), &path_str, MAX_COMMAND_BYTES, v);
-            let found: Vec<&Program> = policy
-                .program_paths
-                .matches(path.as_path())
-                .into_iter()
-                .map(|i| &policy.programs[i])
-                .filter(|p| id.programs.is_match(&p.id))
-                .collect();
+            let found: Vec<&Program> = policy.programs_for(&path_str).filter(|p| id.programs.is_match(&p.id)).collect();
             if found.is_empty() {
                 let mut allowed: Vec<&str> = policy.programs.iter().filter(|p| id.programs.is_match(&p.id)).map(|p| p.path_glob.as_str()).collect();
                 allowed.sort_unstable();
@@ -310,11 +305,11 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
 
 /// The circus options to send: the policy's defaults, then the request's, each allowlisted
 /// and within bounds. A `stop_signal` must be one of the identity's signals.
-fn options(policy: &Policy, id: &Identity, add: &AddRequest, v: &mut Vec<Violation>) -> Map<String, Value> {
-    let mut options = Map::new();
-    for (key, bound) in &policy.options {
+fn options(policy: &Policy, id: &Identity, add: &AddRequest, v: &mut Vec<Violation>) -> Vec<(&'static str, Value)> {
+    let mut options: Vec<(&'static str, Value)> = Vec::new();
+    for bound in policy.options.values() {
         if let Some(d) = &bound.default {
-            options.insert(key.clone(), d.clone());
+            options.push((bound.name, d.clone()));
         }
     }
     for (key, value) in &add.options {
@@ -347,7 +342,10 @@ fn options(policy: &Policy, id: &Identity, add: &AddRequest, v: &mut Vec<Violati
             Some((_, num)) => json!(num),
             None => value.clone(),
         };
-        options.insert(key.clone(), sent);
+        match options.iter_mut().find(|(k, _)| *k == bound.name) {
+            Some(slot) => slot.1 = sent,
+            None => options.push((bound.name, sent)),
+        }
     }
     options
 }
@@ -420,22 +418,19 @@ fn check_program(policy: &Policy, program: &Program, add: &AddRequest, facts: &F
 
 #[allow(clippy::too_many_arguments)]
 fn build_add(name: WatcherName, program: &Program, path: &Path, argv: Vec<String>, working_dir: Option<std::path::PathBuf>,
-    env: &std::collections::BTreeMap<String, String>, mut options: Map<String, Value>, identity: &str, add: &AddRequest) -> Command {
-    let mut env: Map<String, Value> = env.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-    env.insert(OWNER_ENV.into(), json!(identity));
-    options.entry("graceful_timeout").or_insert(json!(DEFAULT_GRACEFUL_TIMEOUT));
-    options.insert("numprocesses".into(), json!(add.num_processes));
-    options.insert("copy_env".into(), json!(false));
-    options.insert("shell".into(), json!(false));
-    options.insert("stop_children".into(), json!(true));
-    options.insert("close_child_stdin".into(), json!(true));
-    options.insert("env".into(), Value::Object(env));
-    if let Some(dir) = working_dir {
-        options.insert("working_dir".into(), json!(dir.to_string_lossy()));
+    env: &std::collections::BTreeMap<String, String>, mut extra: Vec<(&'static str, Value)>, identity: &str, add: &AddRequest) -> Command {
+    let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    env.push((OWNER_ENV.into(), identity.into()));
+    if !extra.iter().any(|(k, _)| *k == "graceful_timeout") {
+        extra.push(("graceful_timeout", json!(DEFAULT_GRACEFUL_TIMEOUT)));
     }
-    if let Some((uid, gid)) = program.run_as {
-        options.insert("uid".into(), json!(uid));
-        options.insert("gid".into(), json!(gid));
-    }
+    let options = AddOptions {
+        numprocesses: add.num_processes,
+        env,
+        working_dir: working_dir.map(|d| d.to_string_lossy().into_owned()),
+        uid: program.run_as.map(|(u, _)| u),
+        gid: program.run_as.map(|(_, g)| g),
+        extra,
+    };
     Command::Add { name, cmd: shell_quote(&path.to_string_lossy()), args: argv, options, start: add.start }
 }

@@ -15,7 +15,7 @@ pub mod facts;
 pub mod model;
 pub mod reload;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -158,7 +158,7 @@ pub struct Facts {
     /// The canonical working directory, or why there is none.
     pub working_dir: Option<Result<PathBuf, String>>,
     /// Canonical forms of the path-like strings in the arguments (keyed by the raw string).
-    pub paths: HashMap<String, Result<PathBuf, String>>,
+    pub paths: rustc_hash::FxHashMap<String, Result<PathBuf, String>>,
     /// The watcher the request names, as circusd reports it.
     pub target: Option<Target>,
     /// Watchers circusd holds now.
