@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -130,6 +131,41 @@ def bench_validation(client, seconds: float, n: int = 500) -> list[float]:
     return client.run(run, timeout=seconds + 60)
 
 
+def bench_stdio_raw(w: Warden, n: int, seconds: float) -> list[float]:
+    """get_process_status over stdio from a minimal JSON-RPC client (one JSON line each way, no
+    SDK): what the warden adds over the raw circusd round trip, with the least client cost."""
+    import json as _json
+    proc = subprocess.Popen([warden_bin(), "serve", "--transport", "stdio", "--config", str(w.config_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=w.env)
+    try:
+        def rpc(i: int, method: str, params: dict) -> dict:
+            proc.stdin.write((_json.dumps({"jsonrpc": "2.0", "id": i, "method": method, "params": params}) + "\n").encode())
+            proc.stdin.flush()
+            while True:
+                msg = _json.loads(proc.stdout.readline())
+                if msg.get("id") == i:
+                    return msg
+        rpc(0, "initialize", {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}})
+        proc.stdin.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
+        proc.stdin.flush()
+        call = {"name": "get_process_status", "arguments": {"name": "w"}}
+        for i in range(1, 201):
+            assert rpc(i, "tools/call", call)["result"].get("isError") is False
+        out: list[float] = []
+        deadline = time.monotonic() + seconds
+        i = 1000
+        while len(out) < n and time.monotonic() < deadline:
+            i += 1
+            t = time.perf_counter()
+            r = rpc(i, "tools/call", call)
+            out.append((time.perf_counter() - t) * 1000)
+            assert r["result"].get("isError") is False, r
+        return out
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=20)
+
+
 def row(label: str, xs: list[float], raw_median: float | None) -> str:
     med = statistics.median(xs)
     extra = ""
@@ -176,6 +212,7 @@ def main() -> int:
             ("raw DEALER status", lambda s: bench_raw(circus.endpoint, args.n, s)),
             ("stdio  ping (SDK no-op)", lambda s: bench_client(c_stdio, args.n, s, "ping")),
             ("stdio  get_process_status", lambda s: bench_client(c_stdio, args.n, s, "status")),
+            ("stdio  status, raw JSON-RPC", lambda s: bench_stdio_raw(w_stdio, args.n, s)),
             ("http   ping (SDK no-op)", lambda s: bench_client(c_http, args.n, s, "ping")),
             ("http   get_process_status", lambda s: bench_client(c_http, args.n, s, "status")),
             ("SDK output-schema validation", lambda s: bench_validation(c_stdio, min(s, 5.0))),
@@ -198,6 +235,9 @@ def main() -> int:
             ping = statistics.median(results[f"{t:<6} ping (SDK no-op)"])
             own = tool - ping - val - raw_med
             print(f"  {t:<5}: {tool:.3f} - {ping:.3f} - {val:.3f} - {raw_med:.3f} = {own:.3f} ms")
+        raw_rpc = statistics.median(results["stdio  status, raw JSON-RPC"])
+        print(f"  stdio, minimal JSON-RPC client (no SDK): {raw_rpc:.3f} - {raw_med:.3f} = {raw_rpc - raw_med:.3f} ms"
+              " (includes that client's own JSON and pipe cost)")
         print("(ping covers the SDK request/response path and the transport; the remainder is the warden's")
         print(" tool dispatch, gate, circus client and JSON (de)serialisation, plus call_tool's extra parsing.)")
         return 0
