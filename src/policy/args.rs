@@ -59,6 +59,10 @@ impl ArgRule {
                 }
             }
         } else {
+            // Match before copying: most values are checked once and sent once.
+            if self.globs.is_match(value) {
+                return Some(value.to_string());
+            }
             value.to_string()
         };
         if self.globs.is_match(&subject) {

@@ -75,7 +75,7 @@ pub fn decide(policy: &Policy, req: &Request, facts: &Facts) -> Decision {
         return Decision::deny(vec![Violation::new("tool", "tool.not_allowed", format!(
             "identity {:?} may not call {tool}", req.identity))]);
     }
-    let mut rules = vec![format!("identity:{}", req.identity), format!("tool:{tool}")];
+    let mut rules = vec![["identity:", &req.identity].concat(), ["tool:", tool].concat()];
     let mut v = Vec::new();
     // 3. Each action's own checks; reads need nothing more.
     let command = match &req.action {
@@ -299,7 +299,7 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
         return None;
     }
     let (name, path, (program, (argv, working_dir))) = (name?, path?, chosen?);
-    rules.push(format!("program:{}", program.id));
+    rules.push(["program:", &program.id].concat());
     Some(build_add(name, program, path, argv, working_dir, &add.env, options, identity, add))
 }
 
