@@ -71,7 +71,6 @@ struct Handle {
     tx: mpsc::SyncSender<Call>,
     wake: OwnedFd,
     limits: Limits,
-    endpoint: String,
     /// Round-trip durations by command (`circus_warden_circus_call_duration_seconds`).
     timing: Option<HistogramVec>,
 }
@@ -99,15 +98,7 @@ impl CircusClient {
         let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
         let actor = Actor::new(endpoint.to_string(), rx, wake.as_raw_fd());
         std::thread::Builder::new().name("circus-client".into()).spawn(move || actor.run())?;
-        Ok(CircusClient { inner: Arc::new(Handle { tx, wake, limits, endpoint: endpoint.to_string(), timing }) })
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.inner.endpoint
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.inner.limits
+        Ok(CircusClient { inner: Arc::new(Handle { tx, wake, limits, timing }) })
     }
 
     /// Sends one command and waits for its reply payload (circusd's reply object, minus
