@@ -28,6 +28,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[validate(nested)]
     pub log: LogConfig,
+    #[validate(nested)]
+    pub output: OutputConfig,
 }
 
 /// How to reach circusd, or how to run the embedded one.
@@ -236,6 +238,145 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self { format: LogFormat::Human, level: "info".into() }
     }
+}
+
+/// Capture, buffering, classification and alerting of the processes' output.
+#[derive(Debug, Clone, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+#[validate(schema(function = "validate_output"))]
+pub struct OutputConfig {
+    /// Set `stdout_stream`/`stderr_stream` on every `add` and follow the files. Off means
+    /// circusd discards the output and the log tools have nothing to show.
+    pub enabled: bool,
+    /// Where circusd writes `<watcher>/stdout.log` and `stderr.log`: the same path for
+    /// circusd and the warden (a shared volume in the pod). Absent: `$XDG_STATE_HOME/
+    /// circus-warden/output` (or `~/.local/state/…`).
+    pub dir: Option<PathBuf>,
+    /// circus's FileStream rotates a file when it would grow past this…
+    #[validate(range(min = 4096, max = 17_179_869_184u64))]
+    pub max_file_bytes: u64,
+    /// …keeping this many old files (`stdout.log.1` …). Disk use per stream is bounded by
+    /// `max_file_bytes × (backup_count + 1)`.
+    #[validate(range(min = 1, max = 100))]
+    pub backup_count: u32,
+    /// Bytes held in memory per watcher and stream (text plus per-entry overhead).
+    #[validate(range(min = 16_384, max = 1_073_741_824))]
+    pub stream_cap_bytes: usize,
+    /// Bytes held in memory over all watchers; the fullest ring gives way first.
+    #[validate(range(min = 65_536, max = 17_179_869_184usize))]
+    pub global_cap_bytes: usize,
+    /// A longer line (or traceback) is cut; the rest is counted as dropped.
+    #[validate(range(min = 256, max = 1_048_576))]
+    pub max_line_bytes: usize,
+    /// Watchers whose output is kept in memory; beyond it, the one written to longest ago is
+    /// forgotten (this also bounds the log metrics' label values).
+    #[validate(range(min = 1, max = 100_000))]
+    pub max_watchers: usize,
+    /// Use inotify to notice writes; the poll interval applies either way.
+    pub inotify: bool,
+    #[validate(range(min = 10, max = 60_000))]
+    pub poll_interval_ms: u64,
+    /// An unfinished line or an open traceback is stored after this much silence.
+    #[validate(range(min = 10, max = 60_000))]
+    pub flush_after_ms: u64,
+    /// How often read positions are saved for a restart.
+    #[validate(range(min = 100, max = 600_000))]
+    pub checkpoint_interval_ms: u64,
+    /// Subscribed MCP clients hear about new lines and alerts at most this often.
+    #[validate(range(min = 100, max = 600_000))]
+    pub notify_interval_ms: u64,
+    /// Most entries one `get_logs` (or a follow backlog) returns.
+    #[validate(range(min = 1, max = 100_000))]
+    pub max_read_entries: usize,
+    /// Most text bytes one `get_logs` returns.
+    #[validate(range(min = 1024, max = 67_108_864))]
+    pub max_read_bytes: usize,
+    /// Concurrent `GET /logs/{name}?follow=true` streams.
+    #[validate(range(min = 0, max = 10_000))]
+    pub max_followers: usize,
+    /// Firings kept for `list_alerts`.
+    #[validate(range(min = 1, max = 100_000))]
+    pub max_alerts: usize,
+    /// The level of a line nothing recognises, per stream.
+    pub default_level: DefaultLevels,
+    /// Checked before the built-in recognisers; the first match sets the level.
+    #[validate(length(max = 256))]
+    pub patterns: Vec<crate::output::classify::LevelPattern>,
+    /// Alert rules (see docs/logs.md). Absent: a CRITICAL-line rule and an ERROR-burst rule.
+    #[validate(nested, length(max = 256))]
+    pub alerts: Vec<crate::output::alerts::AlertRule>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultLevels {
+    pub stdout: crate::output::classify::Level,
+    pub stderr: crate::output::classify::Level,
+}
+
+impl Default for DefaultLevels {
+    fn default() -> Self {
+        use crate::output::classify::Level;
+        Self { stdout: Level::Info, stderr: Level::Info }
+    }
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            max_file_bytes: 10 << 20,
+            backup_count: 3,
+            stream_cap_bytes: 1 << 20,
+            global_cap_bytes: 64 << 20,
+            max_line_bytes: 16 << 10,
+            max_watchers: 512,
+            inotify: true,
+            poll_interval_ms: 250,
+            flush_after_ms: 500,
+            checkpoint_interval_ms: 1_000,
+            notify_interval_ms: 1_000,
+            max_read_entries: 1_000,
+            max_read_bytes: 1 << 20,
+            max_followers: 16,
+            max_alerts: 256,
+            default_level: DefaultLevels::default(),
+            patterns: Vec::new(),
+            alerts: crate::output::alerts::default_rules(),
+        }
+    }
+}
+
+impl OutputConfig {
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(crate::output::default_dir)
+    }
+
+    pub fn classifier(&self) -> Result<crate::output::classify::Classifier, String> {
+        crate::output::classify::Classifier::new(&self.patterns, self.default_level.stdout, self.default_level.stderr)
+    }
+
+    pub fn alerting(&self) -> Result<crate::output::alerts::Alerting, String> {
+        crate::output::alerts::Alerting::new(&self.alerts, self.max_alerts)
+    }
+}
+
+fn validate_output(o: &OutputConfig) -> Result<(), validator::ValidationError> {
+    let err = |m: String| Err(validator::ValidationError::new("output").with_message(m.into()));
+    if o.max_line_bytes * 4 > o.stream_cap_bytes {
+        return err("max_line_bytes must be at most a quarter of stream_cap_bytes".into());
+    }
+    if o.stream_cap_bytes > o.global_cap_bytes {
+        return err("stream_cap_bytes must not exceed global_cap_bytes".into());
+    }
+    if let Err(e) = o.classifier() {
+        return err(e);
+    }
+    if let Err(e) = o.alerting() {
+        return err(e);
+    }
+    Ok(())
 }
 
 /// Values given on the command line; they override every other source.

@@ -9,15 +9,18 @@
 //! - [`circus`]: typed commands, the ZeroMQ client actor, the pub/sub process view, and the
 //!   supervisor of an embedded circusd.
 //!
-//! Around it: [`config`] (figment layers and validation), [`serve`] (wiring and shutdown).
-//! Later pieces go beside these: `policy/` replaces the interim gate, `output/` holds the log
-//! tailer and buffers, `metrics` the Prometheus registry.
+//! - [`policy`]: the compiled policy and its pure decision.
+//! - [`output`]: the processes' output: files, tailer, classification, capped buffers, alerts.
+//!
+//! Around it: [`config`] (figment layers and validation), [`audit`], [`metrics`] (the
+//! Prometheus registry), [`serve`] (wiring and shutdown).
 
 pub mod audit;
 pub mod circus;
 pub mod config;
 pub mod mcp;
 pub mod metrics;
+pub mod output;
 pub mod policy;
 pub mod request;
 pub mod serve;

@@ -25,6 +25,16 @@ pub struct Metrics {
     pub policy_info: IntGaugeVec,
     pub audit_write_failures: prometheus::IntCounter,
     pub rate_limited: IntCounterVec,
+    pub log_lines: IntCounterVec,
+    pub log_bytes: IntCounterVec,
+    pub log_dropped_bytes: IntCounterVec,
+    pub log_evicted_lines: IntCounterVec,
+    pub log_evicted_bytes: IntCounterVec,
+    pub log_buffer_bytes: IntGaugeVec,
+    pub log_buffer_limit: IntGaugeVec,
+    pub log_alerts: IntCounterVec,
+    pub log_followers: IntGauge,
+    pub log_follow_skipped: prometheus::IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -98,6 +108,33 @@ impl Metrics {
                     .expect("valid metric"),
             ),
             rate_limited: counter(&r, "rate_limited_total", "Mutating calls refused by an identity's rate limit.", &["identity", "tool"]),
+            log_lines: counter(&r, "log_lines_total", "Output entries read, by watcher and level (a grouped traceback is one).", &["watcher", "level"]),
+            log_bytes: counter(&r, "log_bytes_total", "Output text bytes read, by watcher and level.", &["watcher", "level"]),
+            log_dropped_bytes: counter(
+                &r,
+                "log_dropped_bytes_total",
+                "Output bytes read but never stored: cut from lines longer than output.max_line_bytes.",
+                &["watcher"],
+            ),
+            log_evicted_lines: counter(
+                &r,
+                "log_evicted_lines_total",
+                "Stored entries evicted to stay under a cap, by watcher and cause (stream_cap or global_cap).",
+                &["watcher", "cause"],
+            ),
+            log_evicted_bytes: counter(&r, "log_evicted_bytes_total", "Text bytes of evicted entries, by watcher and cause.", &["watcher", "cause"]),
+            log_buffer_bytes: gauge_vec(&r, "log_buffer_bytes", "Bytes held for a watcher's output (both streams, overhead included).", &["watcher"]),
+            log_buffer_limit: gauge_vec(&r, "log_buffer_limit_bytes", "The configured caps: per stream and global.", &["scope"]),
+            log_alerts: counter(&r, "log_alerts_total", "Log alert firings, by watcher, rule and severity.", &["watcher", "rule", "severity"]),
+            log_followers: gauge(&r, "log_followers", "Open GET /logs/{name}?follow=true streams."),
+            log_follow_skipped: register(
+                &r,
+                prometheus::IntCounter::with_opts(opts(
+                    "log_follow_skipped_lines_total",
+                    "Lines a slow follower missed because they were evicted before it read them.",
+                ))
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -110,6 +147,20 @@ impl Metrics {
         for class in ["ok", "error", "signal"] {
             let _ = self.reaps.remove_label_values(&[watcher, class]);
         }
+    }
+
+    /// Forgets a watcher's log series when its output is dropped from memory.
+    pub fn forget_log_series(&self, watcher: &str) {
+        for level in crate::output::classify::Level::ALL {
+            let _ = self.log_lines.remove_label_values(&[watcher, level.as_str()]);
+            let _ = self.log_bytes.remove_label_values(&[watcher, level.as_str()]);
+        }
+        for cause in ["stream_cap", "global_cap"] {
+            let _ = self.log_evicted_lines.remove_label_values(&[watcher, cause]);
+            let _ = self.log_evicted_bytes.remove_label_values(&[watcher, cause]);
+        }
+        let _ = self.log_dropped_bytes.remove_label_values(&[watcher]);
+        let _ = self.log_buffer_bytes.remove_label_values(&[watcher]);
     }
 
     /// The exposition in Prometheus text format.

@@ -1,0 +1,462 @@
+//! The tailer: one thread that follows every `<dir>/<watcher>/{stdout,stderr}.log`. inotify
+//! wakes it when a file changes; a poll interval catches whatever inotify missed (and is the
+//! only trigger when inotify is unavailable). It survives rotation (drains the old file,
+//! reads any newer backups, then opens the new file) and truncation, and saves its positions
+//! so that a restarted warden resumes where it stopped: lines still on disk are neither lost
+//! nor read twice.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::{Deserialize, Serialize};
+
+use super::classify::Classifier;
+use super::lines::{Output, Splitter};
+use super::{now_ms, Logs, Stream};
+use crate::circus::WatcherName;
+
+/// The tailer's knobs, from `output.*`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub dir: PathBuf,
+    pub poll: Duration,
+    pub flush_after: Duration,
+    pub checkpoint_every: Duration,
+    pub max_line: usize,
+    pub inotify: bool,
+}
+
+/// Saved positions: `<dir>/.circus-warden-positions.json`.
+const POSITIONS: &str = ".circus-warden-positions.json";
+/// Read at most this much of one file before giving the others a turn.
+const TURN: usize = 4 << 20;
+
+type FileId = (u64, u64);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Position {
+    dev: u64,
+    ino: u64,
+    offset: u64,
+    /// An unfinished line that began in a file already rotated away (hex).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    partial: String,
+}
+
+struct Tracked {
+    watcher: String,
+    stream: Stream,
+    path: PathBuf,
+    file: Option<(File, FileId)>,
+    offset: u64,
+    splitter: Splitter,
+    last_data: Instant,
+}
+
+pub struct Tailer {
+    s: Settings,
+    logs: Logs,
+    classifier: Classifier,
+    files: FxHashMap<(String, Stream), Tracked>,
+    saved: FxHashMap<String, Position>,
+    last_saved: FxHashMap<String, Position>,
+    inotify: Option<Inotify>,
+    buf: Vec<u8>,
+}
+
+impl Tailer {
+    pub fn new(s: Settings, logs: Logs, classifier: Classifier) -> std::io::Result<Tailer> {
+        std::fs::create_dir_all(&s.dir)?;
+        let saved: FxHashMap<String, Position> = match std::fs::read(s.dir.join(POSITIONS)) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the saved output positions are unreadable; reading every file from its start");
+                FxHashMap::default()
+            }),
+            Err(_) => FxHashMap::default(),
+        };
+        let inotify = if s.inotify {
+            Inotify::new(&s.dir).map_err(|e| tracing::warn!(error = %e, "inotify is unavailable; polling output files")).ok()
+        } else {
+            None
+        };
+        Ok(Tailer { s, logs, classifier, files: FxHashMap::default(), last_saved: saved.clone(), saved, inotify, buf: vec![0; 64 << 10] })
+    }
+
+    /// Runs until `stop` is set, then saves positions.
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        let mut last_checkpoint = Instant::now();
+        self.scan();
+        let mut busy = self.poll_all(None);
+        while !stop.load(Ordering::Relaxed) {
+            let timeout = if busy { Duration::ZERO } else { self.s.poll };
+            let woke = match &mut self.inotify {
+                Some(i) => i.wait(timeout),
+                None => {
+                    std::thread::sleep(timeout);
+                    Wake::Timeout
+                }
+            };
+            busy = match woke {
+                Wake::Dirs(dirs) if !busy => self.poll_all(Some(&dirs)),
+                Wake::Rescan => {
+                    self.scan();
+                    self.poll_all(None)
+                }
+                _ => {
+                    self.scan();
+                    self.poll_all(None)
+                }
+            };
+            self.flush_idle();
+            if last_checkpoint.elapsed() >= self.s.checkpoint_every {
+                self.checkpoint();
+                last_checkpoint = Instant::now();
+            }
+        }
+        self.checkpoint();
+    }
+
+    /// Finds watcher directories (new ones get an inotify watch) and forgets vanished ones.
+    fn scan(&mut self) {
+        let Ok(rd) = std::fs::read_dir(&self.s.dir) else { return };
+        let mut seen = FxHashSet::default();
+        for entry in rd.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str().and_then(WatcherName::parse) else { continue };
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let dir = entry.path();
+            for stream in [Stream::Stdout, Stream::Stderr] {
+                let key = (name.to_string(), stream);
+                if !self.files.contains_key(&key) {
+                    if let Some(i) = &mut self.inotify {
+                        i.watch(&dir, name.as_str());
+                    }
+                    let path = dir.join(stream.file_name());
+                    self.files.insert(key, Tracked {
+                        watcher: name.to_string(),
+                        stream,
+                        path,
+                        file: None,
+                        offset: 0,
+                        splitter: Splitter::new(stream, self.s.max_line),
+                        last_data: Instant::now(),
+                    });
+                }
+            }
+            seen.insert(name.to_string());
+        }
+        self.files.retain(|(w, _), _| seen.contains(w));
+    }
+
+    /// Reads what is new in every file (or those of `only`); true if a file had more to read.
+    fn poll_all(&mut self, only: Option<&FxHashSet<String>>) -> bool {
+        let keys: Vec<(String, Stream)> =
+            self.files.keys().filter(|(w, _)| only.is_none_or(|o| o.contains(w))).cloned().collect();
+        let mut more = false;
+        for key in keys {
+            let Some(mut t) = self.files.remove(&key) else { continue };
+            more |= self.poll(&mut t);
+            self.files.insert(key, t);
+        }
+        more
+    }
+
+    fn poll(&mut self, t: &mut Tracked) -> bool {
+        let current = open_regular(&t.path);
+        match (&t.file, current) {
+            (None, Some((f, id))) => {
+                let rel = relative(t);
+                match self.saved.remove(&rel) {
+                    Some(p) => self.resume(t, p, f, id),
+                    None => t.file = Some((f, id)),
+                }
+                t.offset = 0;
+                if let Some((f, _)) = &mut t.file {
+                    t.offset = f.stream_position().unwrap_or(0);
+                }
+            }
+            (None, None) => return false,
+            (Some((_, old)), Some((f, id))) if *old != id => {
+                // Rotated: finish the old file, then any backups newer than it, then the new file.
+                let old = *old;
+                self.drain(t);
+                for (b, _) in backups_newer_than(&t.path, old) {
+                    self.read_file(t, b, usize::MAX);
+                }
+                t.file = Some((f, id));
+                t.offset = 0;
+            }
+            (Some((cur, _)), Some(_)) => {
+                if cur.metadata().is_ok_and(|m| m.len() < t.offset) {
+                    // Truncated in place: start again from the top.
+                    tracing::info!(path = %t.path.display(), "output file truncated; reading from its start");
+                    if let Some((f, _)) = &mut t.file {
+                        let _ = f.seek(SeekFrom::Start(0));
+                    }
+                    t.offset = 0;
+                }
+            }
+            (Some(_), None) => {}
+        }
+        let Some((mut f, id)) = t.file.take() else { return false };
+        let (read, more) = self.read_some(t, &mut f, TURN);
+        t.offset += read as u64;
+        t.file = Some((f, id));
+        more
+    }
+
+    /// Picks up where a previous run stopped, from the saved position of this stream.
+    fn resume(&mut self, t: &mut Tracked, p: Position, current: File, id: FileId) {
+        if let Some(partial) = unhex(&p.partial) {
+            t.splitter.restore_partial(partial);
+        }
+        let saved = (p.dev, p.ino);
+        if saved == id {
+            let mut f = current;
+            let len = f.metadata().map_or(0, |m| m.len());
+            let _ = f.seek(SeekFrom::Start(if p.offset <= len { p.offset } else { 0 }));
+            t.file = Some((f, id));
+            return;
+        }
+        // Rotated while the warden was away: the saved file (if still on disk) from the saved
+        // offset, then the newer backups in order.
+        let mut backups = backups_newer_than(&t.path, saved);
+        if let Some(mut f) = find_backup(&t.path, saved) {
+            let _ = f.seek(SeekFrom::Start(p.offset));
+            self.read_file(t, f, usize::MAX);
+        }
+        for (b, _) in backups.drain(..) {
+            self.read_file(t, b, usize::MAX);
+        }
+        t.file = Some((current, id));
+    }
+
+    fn drain(&mut self, t: &mut Tracked) {
+        if let Some((f, _)) = t.file.take() {
+            self.read_file(t, f, usize::MAX);
+        }
+    }
+
+    fn read_file(&mut self, t: &mut Tracked, mut f: File, budget: usize) {
+        while self.read_some(t, &mut f, budget).1 {}
+    }
+
+    /// Reads up to `budget` bytes and stores the lines; returns (bytes read, more waiting).
+    fn read_some(&mut self, t: &mut Tracked, f: &mut File, budget: usize) -> (usize, bool) {
+        let mut total = 0;
+        while total < budget {
+            let n = match f.read(&mut self.buf) {
+                Ok(0) => return (total, false),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(path = %t.path.display(), error = %e, "cannot read an output file");
+                    return (total, false);
+                }
+            };
+            total += n;
+            t.last_data = Instant::now();
+            let mut out = Output::default();
+            t.splitter.feed(&self.buf[..n], &self.classifier, &mut out);
+            self.logs.push(&t.watcher, t.stream, out.lines, out.dropped, now_ms());
+        }
+        (total, true)
+    }
+
+    /// Emits unfinished lines and tracebacks that have waited long enough.
+    fn flush_idle(&mut self) {
+        for t in self.files.values_mut() {
+            if t.splitter.holding() && t.last_data.elapsed() >= self.s.flush_after {
+                let mut out = Output::default();
+                t.splitter.flush(&self.classifier, &mut out);
+                self.logs.push(&t.watcher, t.stream, out.lines, out.dropped, now_ms());
+            }
+        }
+    }
+
+    /// Saves positions (atomically, only when they moved). A position points before what the
+    /// splitter still holds, so a restart re-reads it rather than losing it.
+    fn checkpoint(&mut self) {
+        let mut now: FxHashMap<String, Position> = self.saved.clone();
+        for t in self.files.values() {
+            let Some((_, (dev, ino))) = &t.file else { continue };
+            let held = t.splitter.held_raw() as u64;
+            let p = if held <= t.offset {
+                Position { dev: *dev, ino: *ino, offset: t.offset - held, partial: String::new() }
+            } else {
+                Position { dev: *dev, ino: *ino, offset: t.offset, partial: hex(t.splitter.partial()) }
+            };
+            now.insert(relative(t), p);
+        }
+        if now == self.last_saved {
+            return;
+        }
+        let path = self.s.dir.join(POSITIONS);
+        let tmp = self.s.dir.join(format!("{POSITIONS}.tmp"));
+        let result = serde_json::to_vec(&now)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match result {
+            Ok(()) => self.last_saved = now,
+            Err(e) => tracing::warn!(error = %e, path = %path.display(), "cannot save output positions"),
+        }
+    }
+}
+
+fn relative(t: &Tracked) -> String {
+    format!("{}/{}", t.watcher, t.stream.file_name())
+}
+
+/// Opens a regular file without following symlinks or blocking on a FIFO.
+fn open_regular(path: &Path) -> Option<(File, FileId)> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let m = f.metadata().ok()?;
+    m.is_file().then(|| (f, (m.dev(), m.ino())))
+}
+
+/// `<path>.1`, `<path>.2`, … while they exist (newest first).
+fn backups(path: &Path) -> Vec<(File, FileId)> {
+    let mut out = Vec::new();
+    for i in 1..=1000 {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{i}"));
+        match open_regular(Path::new(&p)) {
+            Some(f) => out.push(f),
+            None => break,
+        }
+    }
+    out
+}
+
+/// Backups newer than the file `id`, oldest first (all of them when `id` is gone).
+fn backups_newer_than(path: &Path, id: FileId) -> Vec<(File, FileId)> {
+    let mut all = backups(path);
+    if let Some(i) = all.iter().position(|(_, b)| *b == id) {
+        all.truncate(i);
+    }
+    all.reverse();
+    all
+}
+
+fn find_backup(path: &Path, id: FileId) -> Option<File> {
+    backups(path).into_iter().find(|(_, b)| *b == id).map(|(f, _)| f)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.is_empty() || s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+}
+
+enum Wake {
+    Timeout,
+    /// Files changed in these watchers' directories.
+    Dirs(FxHashSet<String>),
+    /// A directory appeared or vanished, or events were lost.
+    Rescan,
+}
+
+/// A minimal inotify binding: the output directory and each watcher's directory.
+struct Inotify {
+    fd: std::os::fd::OwnedFd,
+    watches: FxHashMap<i32, String>,
+    buf: Vec<u8>,
+}
+
+impl Inotify {
+    fn new(root: &Path) -> std::io::Result<Inotify> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: inotify_init1 returns a new descriptor or -1.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let mut i = Inotify { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, watches: FxHashMap::default(), buf: vec![0; 16 << 10] };
+        i.add(root, libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_ONLYDIR, "")?;
+        Ok(i)
+    }
+
+    fn add(&mut self, dir: &Path, mask: u32, name: &str) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: valid descriptor and NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.as_raw_fd(), c.as_ptr(), mask | libc::IN_DONT_FOLLOW) };
+        if wd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        self.watches.insert(wd, name.to_string());
+        Ok(())
+    }
+
+    fn watch(&mut self, dir: &Path, watcher: &str) {
+        let mask = libc::IN_MODIFY | libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_ONLYDIR;
+        if let Err(e) = self.add(dir, mask, watcher) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch an output directory; it is polled");
+        }
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Wake {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
+        if n <= 0 {
+            return Wake::Timeout;
+        }
+        let mut dirs = FxHashSet::default();
+        let mut rescan = false;
+        loop {
+            // SAFETY: reading into our buffer of its length.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            let mut at = 0usize;
+            let header = std::mem::size_of::<libc::inotify_event>();
+            while at + header <= n as usize {
+                // SAFETY: the kernel writes whole events; read_unaligned copes with alignment.
+                let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(self.buf.as_ptr().add(at).cast()) };
+                if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                    rescan = true;
+                }
+                match self.watches.get(&ev.wd) {
+                    Some(w) if w.is_empty() => rescan = true,
+                    Some(w) => {
+                        dirs.insert(w.clone());
+                    }
+                    None => {}
+                }
+                if ev.mask & libc::IN_IGNORED != 0 {
+                    self.watches.remove(&ev.wd);
+                    rescan = true;
+                }
+                at += header + ev.len as usize;
+            }
+        }
+        if rescan {
+            Wake::Rescan
+        } else {
+            Wake::Dirs(dirs)
+        }
+    }
+}
