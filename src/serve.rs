@@ -1,6 +1,8 @@
 //! `circus-warden serve`: wires circusd (external or embedded), the client, the process view,
 //! the gate and the chosen transport together, and shuts them down in order.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,6 +17,8 @@ use crate::circus::{CircusClient, Command, Endpoints};
 use crate::config::{Config, Transport};
 use crate::mcp::{self, Identity, Server};
 use crate::metrics::Metrics;
+use crate::output::store::{Caps, Store};
+use crate::output::{tail, Files, Logs, ReadLimits};
 use crate::policy::reload::ActivePolicy;
 use crate::policy::Policy;
 use crate::request::{Gate, Warden};
@@ -56,7 +60,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         wait_ready(&client, Duration::from_secs(10)).await;
     }
 
-    let warden = Warden { client: client.clone(), view, gate: Gate::new(policy, audit, metrics.clone()), metrics: metrics.clone() };
+    let mut gate = Gate::new(policy, audit, metrics.clone());
+    let (logs, tailer) = match start_output(&config, &metrics)? {
+        Some((logs, files, tailer)) => {
+            gate.output = Some(files);
+            (Some(logs), Some(tailer))
+        }
+        None => (None, None),
+    };
+    let warden = Warden { client: client.clone(), view, gate, metrics: metrics.clone(), logs };
     if let Some(addr) = config.server.metrics_bind {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(%addr, "admin endpoints: /metrics /healthz /readyz");
@@ -98,10 +110,53 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     tracing::info!("shutting down");
     stop.cancel();
+    if let Some((flag, handle)) = tailer {
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+    }
     if let Some(s) = supervisor {
         let _ = s.await;
     }
     result
+}
+
+type TailerHandle = (Arc<AtomicBool>, std::thread::JoinHandle<()>);
+
+/// Creates the output directory, the store and the tailer thread (when capture is on).
+fn start_output(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<(Logs, Files, TailerHandle)>> {
+    let o = &config.output;
+    if !o.enabled {
+        tracing::warn!("output capture is off: circusd discards the processes' output");
+        return Ok(None);
+    }
+    let dir = o.dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+    let caps = Caps { stream: o.stream_cap_bytes, global: o.global_cap_bytes, max_watchers: o.max_watchers };
+    let store = Store::new(caps, o.alerting().map_err(anyhow::Error::msg)?, Some(metrics.clone()));
+    let limits = ReadLimits {
+        max_entries: o.max_read_entries,
+        max_bytes: o.max_read_bytes,
+        max_followers: o.max_followers,
+        notify_interval: Duration::from_millis(o.notify_interval_ms),
+    };
+    let logs = Logs::new(store, limits);
+    let settings = tail::Settings {
+        dir: dir.clone(),
+        poll: Duration::from_millis(o.poll_interval_ms),
+        flush_after: Duration::from_millis(o.flush_after_ms),
+        checkpoint_every: Duration::from_millis(o.checkpoint_interval_ms),
+        max_line: o.max_line_bytes,
+        inotify: o.inotify,
+    };
+    let tailer = tail::Tailer::new(settings, logs.clone(), o.classifier().map_err(anyhow::Error::msg)?)
+        .with_context(|| format!("cannot follow {}", dir.display()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new().name("output-tailer".into()).spawn(move || tailer.run(flag))?;
+    tracing::info!(dir = %dir.display(), "following process output");
+    let files = Files { dir, max_bytes: o.max_file_bytes, backup_count: o.backup_count };
+    Ok(Some((logs, files, (stop, handle))))
 }
 
 /// Waits until circusd answers, so a freshly started warden is ready when it says so.

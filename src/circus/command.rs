@@ -23,6 +23,24 @@ pub struct AddOptions {
     pub gid: Option<u32>,
     /// Settable circus options (graceful_timeout, max_retry, …), by circus name.
     pub extra: Vec<(&'static str, Value)>,
+    /// Where circusd writes stdout and stderr: set by the warden, never by a request.
+    pub output: Option<OutputFiles>,
+}
+
+/// circus `FileStream` settings for both streams: `<dir>/stdout.log` and `<dir>/stderr.log`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputFiles {
+    pub dir: String,
+    pub max_bytes: u64,
+    pub backup_count: u32,
+}
+
+impl OutputFiles {
+    fn stream(&self, file: &str) -> Value {
+        // No time_format: it would prefix every 1024-byte chunk and split long lines.
+        json!({ "class": "FileStream", "filename": format!("{}/{file}", self.dir),
+                "max_bytes": self.max_bytes, "backup_count": self.backup_count })
+    }
 }
 
 impl serde::Serialize for AddOptions {
@@ -56,6 +74,10 @@ impl serde::Serialize for AddOptions {
         }
         for (k, v) in &self.extra {
             m.serialize_entry(k, v)?;
+        }
+        if let Some(o) = &self.output {
+            m.serialize_entry("stdout_stream", &o.stream("stdout.log"))?;
+            m.serialize_entry("stderr_stream", &o.stream("stderr.log"))?;
         }
         m.end()
     }
@@ -218,6 +240,11 @@ mod tests {
         let v = serde_json::to_value(&o).unwrap();
         assert_eq!(v, json!({"numprocesses": 2, "copy_env": false, "shell": false, "stop_children": true,
             "close_child_stdin": true, "env": {"A": "1"}, "graceful_timeout": 5}));
+        let files = OutputFiles { dir: "/var/log/cw/web".into(), max_bytes: 4096, backup_count: 2 };
+        let v = serde_json::to_value(AddOptions { output: Some(files), ..o }).unwrap();
+        assert_eq!(v["stderr_stream"], json!({"class": "FileStream", "filename": "/var/log/cw/web/stderr.log",
+            "max_bytes": 4096, "backup_count": 2}));
+        assert_eq!(v["stdout_stream"]["filename"], "/var/log/cw/web/stdout.log");
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub enum CircusError {
     /// The client actor is gone (the warden is shutting down).
     #[error("the circus client is shut down")]
     Closed,
+    /// The warden could not prepare the command (for an add, its output directory); nothing
+    /// was sent.
+    #[error("nothing was sent: {0}")]
+    NotSent(String),
     /// circusd's reply was not the JSON object the protocol promises.
     #[error("malformed reply from circusd: {0}")]
     BadReply(String),

@@ -254,6 +254,11 @@ impl Store {
         if self.held > self.caps.global {
             self.evict_global();
         }
+        if let Some(m) = &self.metrics {
+            for a in &fired {
+                m.log_alerts.with_label_values(&[watcher, &a.rule, a.severity.as_str()]).inc();
+            }
+        }
         fired
     }
 

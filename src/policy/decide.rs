@@ -431,6 +431,7 @@ fn build_add(name: WatcherName, program: &Program, path: &Path, argv: Vec<String
         uid: program.run_as.map(|(u, _)| u),
         gid: program.run_as.map(|(_, g)| g),
         extra,
+        output: None,
     };
     Command::Add { name, cmd: shell_quote(&path.to_string_lossy()), args: argv, options, start: add.start }
 }

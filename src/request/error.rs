@@ -85,7 +85,7 @@ impl From<CircusError> for ToolError {
             CircusError::Timeout(_) => ErrorKind::Timeout,
             CircusError::Busy { .. } => ErrorKind::Busy,
             e if e.is_not_found() => ErrorKind::NotFound,
-            CircusError::Remote { .. } | CircusError::BadReply(_) => ErrorKind::CircusError,
+            CircusError::Remote { .. } | CircusError::BadReply(_) | CircusError::NotSent(_) => ErrorKind::CircusError,
         };
         let mut out = ToolError::new(kind, e.to_string());
         if let CircusError::Remote { errno, .. } = e {

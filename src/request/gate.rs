@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 
 use super::{ErrorKind, ToolError};
 use crate::audit::{new_id, now_rfc3339, Audit, DecisionRecord};
+use crate::circus::command::OutputFiles;
 use crate::circus::{CircusClient, CircusError, Command, WatcherName};
+use crate::output::Files;
 use crate::metrics::Metrics;
 use crate::policy::decide::decide;
 use crate::policy::reload::ActivePolicy;
@@ -20,6 +22,8 @@ use crate::policy::{facts, Action, Decision, Facts, Request, Target, Violation, 
 #[derive(Clone)]
 pub struct Gate {
     pub policy: ActivePolicy,
+    /// Where added watchers write their output; set on every allowed add.
+    pub output: Option<Files>,
     audit: Audit,
     limiter: Arc<Mutex<HashMap<String, Bucket>>>,
     metrics: Metrics,
@@ -40,7 +44,7 @@ pub struct Admitted {
 
 impl Gate {
     pub fn new(policy: ActivePolicy, audit: Audit, metrics: Metrics) -> Gate {
-        Gate { policy, audit, limiter: Arc::default(), metrics }
+        Gate { policy, output: None, audit, limiter: Arc::default(), metrics }
     }
 
     /// Decides one call and records the decision. `Err` is a denial or a failure to decide.
@@ -106,7 +110,16 @@ impl Gate {
         };
         circus_facts(client, &action, &mut f).await?;
         let request = Request { identity: identity.to_string(), action };
-        Ok((decide(&policy, &request, &f), f))
+        let mut decision = decide(&policy, &request, &f);
+        // The output files are the warden's choice, part of exactly what circusd receives.
+        if let (Some(files), Some(Command::Add { name, options, .. })) = (&self.output, decision.command.as_mut()) {
+            options.output = Some(OutputFiles {
+                dir: files.watcher_dir(name).to_string_lossy().into_owned(),
+                max_bytes: files.max_bytes,
+                backup_count: files.backup_count,
+            });
+        }
+        Ok((decision, f))
     }
 
     /// Records circusd's answer to an allowed mutation.

@@ -4,6 +4,7 @@
 pub mod error;
 pub mod gate;
 pub mod inspect;
+pub mod logs;
 pub mod mutate;
 pub mod tools;
 
@@ -21,4 +22,6 @@ pub struct Warden {
     pub view: ProcessView,
     pub gate: Gate,
     pub metrics: Metrics,
+    /// Stored process output; `None` when capture is off.
+    pub logs: Option<crate::output::Logs>,
 }

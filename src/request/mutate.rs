@@ -20,6 +20,14 @@ pub async fn run(w: &Warden, identity: &str, action: Action) -> Result<Value, To
     let Some(cmd) = admitted.command.clone() else {
         return Err(ToolError::new(ErrorKind::Denied, "internal error: an allowed change carried no command; nothing was sent"));
     };
+    if let (Command::Add { name, .. }, Some(files)) = (&cmd, &w.gate.output) {
+        // circusd fails an add whose output directory is missing.
+        if let Err(e) = files.prepare(name) {
+            let e = CircusError::NotSent(format!("cannot create the output directory {}: {e}", files.watcher_dir(name).display()));
+            w.gate.done(&admitted, &Err(e.clone()));
+            return Err(e.into());
+        }
+    }
     let result = match &cmd {
         // Scaling to the current count: nothing to send.
         Command::Incr { nb: 0, .. } => Ok(json!({})),

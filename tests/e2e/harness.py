@@ -593,6 +593,8 @@ class Warden:
             policy["path"] = str(self.policy_path)
         elif policy.get("path"):
             self.policy_path = Path(policy["path"])
+        output = config.setdefault("output", {})
+        output.setdefault("dir", str(self.dir / "output"))
         audit = config.setdefault("audit", {})
         if "path" not in audit:
             audit["path"] = str(self.dir / f"{label}.audit.log")
