@@ -22,14 +22,18 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service as _;
 
-use super::{Identity, Server};
-use crate::circus::{CircusClient, Command};
+use std::sync::atomic::AtomicUsize;
+
+use super::{follow, Identity, Server};
+use crate::circus::{CircusClient, Command, WatcherName};
+use crate::policy::Action;
+use crate::request::Warden;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 
 /// The request head rmcp hands to handlers (they find [`Identity`] in its extensions).
 pub type Parts = http::request::Parts;
-type Body = BoxBody<Bytes, Infallible>;
+pub(super) type Body = BoxBody<Bytes, Infallible>;
 
 /// A client has this long to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,10 +60,14 @@ impl Tokens {
 
 struct Edge {
     mcp: StreamableHttpService<Server, LocalSessionManager>,
+    warden: Warden,
+    followers: Arc<AtomicUsize>,
+    allowed_hosts: Vec<String>,
     sessions: Arc<LocalSessionManager>,
     tokens: Tokens,
     max_body: usize,
     max_sessions: usize,
+    default_identity: String,
     probes: Probes,
 }
 
@@ -120,15 +128,20 @@ pub async fn serve(
         .enforce_origin_validation()
         .with_max_request_body_bytes(cfg.max_body_bytes)
         .with_cancellation_token(stop.child_token());
-    let mcp = StreamableHttpService::new(move || Ok(server.clone()), sessions.clone(), mcp_config);
+    let warden = server.warden().clone();
+    let mcp = StreamableHttpService::new(move || Ok(server.for_session()), sessions.clone(), mcp_config);
     let edge = Arc::new(Edge {
         mcp,
+        warden,
+        followers: Arc::default(),
+        allowed_hosts: cfg.allowed_hosts.clone(),
         sessions,
         tokens: Tokens(
             cfg.tokens.iter().map(|t| (Sha256::digest(t.token.as_bytes()).into(), Identity(t.identity.clone()))).collect(),
         ),
         max_body: cfg.max_body_bytes,
         max_sessions: cfg.max_sessions,
+        default_identity: cfg.default_identity.clone(),
         probes: Probes { circus, metrics },
     });
     // The session gauge is also read on the admin listener, which cannot see the sessions:
@@ -194,7 +207,7 @@ where
     }
 }
 
-fn plain(status: StatusCode, text: &str) -> Response<Body> {
+pub(super) fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))).boxed());
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -219,12 +232,46 @@ impl Edge {
                     Err(never) => match never {},
                 }
             }
-            _ => plain(StatusCode::NOT_FOUND, "not found: the MCP endpoint is /mcp"),
+            (&Method::GET, path) if path.starts_with("/logs/") => self.logs(req).await,
+            _ => plain(StatusCode::NOT_FOUND, "not found: the MCP endpoint is /mcp; output is at /logs/{name}"),
         }
     }
 
-    /// Authentication, body and session caps. Attaches the caller's [`Identity`].
-    async fn admit(&self, req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
+    /// `GET /logs/{name}`: the same tokens and Host check as `/mcp`, and the policy's read gate.
+    async fn logs(&self, mut req: Request<Incoming>) -> Response<Body> {
+        if let Err(r) = self.authenticate(&mut req) {
+            return r;
+        }
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let bare = host.rsplit_once(':').filter(|(_, p)| p.parse::<u16>().is_ok()).map_or(host, |(h, _)| h);
+        let bare = bare.trim_start_matches('[').trim_end_matches(']');
+        if !self.allowed_hosts.iter().any(|a| a == bare) {
+            return plain(StatusCode::FORBIDDEN, "forbidden: Host is not in server.allowed_hosts");
+        }
+        if req.headers().contains_key(header::ORIGIN) {
+            return plain(StatusCode::FORBIDDEN, "forbidden: /logs is not served to browsers");
+        }
+        let Some(logs) = &self.warden.logs else {
+            return plain(StatusCode::NOT_FOUND, "output capture is off in this warden");
+        };
+        let name = req.uri().path().trim_start_matches("/logs/");
+        let Some(name) = WatcherName::parse(name) else {
+            return plain(StatusCode::BAD_REQUEST, "bad watcher name: 1-64 lower-case letters, digits, '_' and '-'");
+        };
+        let identity = req.extensions().get::<Identity>().cloned().unwrap_or_else(|| Identity(self.default_identity.clone()));
+        let read = Action::Read { tool: "get_logs".into() };
+        if let Err(e) = self.warden.gate.admit(&self.warden.client, &identity.0, read).await {
+            return plain(StatusCode::FORBIDDEN, &format!("forbidden: {}", e.message));
+        }
+        let sse = req.headers().get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("text/event-stream"));
+        match follow::Params::parse(req.uri().query(), sse) {
+            Ok(p) => follow::respond(logs, &self.followers, &self.probes.metrics, name.as_str(), p),
+            Err(e) => plain(StatusCode::BAD_REQUEST, &format!("bad query: {e}")),
+        }
+    }
+
+    /// Checks the bearer token (when tokens are configured) and attaches its [`Identity`].
+    fn authenticate(&self, req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
         if !self.tokens.0.is_empty() {
             let presented = req
                 .headers()
@@ -238,6 +285,12 @@ impl Edge {
             };
             req.extensions_mut().insert(identity);
         }
+        Ok(())
+    }
+
+    /// Authentication, body and session caps. Attaches the caller's [`Identity`].
+    async fn admit(&self, req: &mut Request<Incoming>) -> Result<(), Response<Body>> {
+        self.authenticate(req)?;
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_body as u64) {
             return Err(plain(StatusCode::PAYLOAD_TOO_LARGE, &format!("request body over {} bytes", self.max_body)));

@@ -3,6 +3,7 @@
 //! tool onto a result with `isError: true` and a structured reason: protocol errors are left
 //! to rmcp for malformed JSON-RPC.
 
+mod follow;
 pub mod http;
 
 use rmcp::model::{
@@ -12,11 +13,43 @@ use rmcp::model::{
     ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role,
     ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler, ServiceExt};
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
 
-use crate::request::{inspect, tools, ToolError, Warden};
+use crate::output::Logs;
+use crate::policy::Action;
+use crate::request::{inspect, logs, tools, ToolError, Warden};
+
+/// Sends `notify(uri)` for each of `uris` whose watcher has new entries or alerts, at most once
+/// per notify interval, until `stop` or a failed send.
+async fn notify_news<F, Fut>(logs: Logs, uris: Vec<String>, stop: CancellationToken, notify: F)
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let watchers: Vec<String> = uris.iter().filter_map(|u| logs::resource_watcher(u)).map(|w| w.to_string()).collect();
+    let mut seen = logs.seen(&watchers);
+    let mut rx = logs.subscribe();
+    loop {
+        let moved = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = logs.news(&mut rx, &watchers, &mut seen) => match m { Some(m) => m, None => return },
+        };
+        for i in moved {
+            if !notify(uris[i].clone()).await {
+                return;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(logs.limits.notify_interval) => {}
+        }
+    }
+}
 
 /// Who is calling, attached by the HTTP edge from the bearer token (stdio has one identity).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +61,44 @@ pub struct Server {
     warden: Warden,
     /// The identity of callers that bring none (the stdio session).
     default_identity: Identity,
+    /// This session's legacy `resources/subscribe` subscriptions, by URI.
+    subscriptions: Arc<Mutex<HashMap<String, CancellationToken>>>,
 }
+
+/// Subscriptions one session may hold (legacy subscribe, or URIs in one listen request).
+const MAX_SUBSCRIPTIONS: usize = 32;
 
 impl Server {
     pub fn new(warden: Warden, default_identity: Identity) -> Server {
-        Server { warden, default_identity }
+        Server { warden, default_identity, subscriptions: Arc::default() }
+    }
+
+    /// A handler for a new session: shares the warden, not the subscriptions.
+    pub fn for_session(&self) -> Server {
+        Server::new(self.warden.clone(), self.default_identity.clone())
+    }
+
+    pub fn warden(&self) -> &Warden {
+        &self.warden
+    }
+
+    /// Logs URIs of watchers this caller may read, or the reason why not.
+    async fn log_uris(&self, ctx: &RequestContext<RoleServer>, uris: &[String]) -> Result<Vec<String>, McpError> {
+        let identity = self.identity(ctx);
+        self.warden
+            .gate
+            .admit(&self.warden.client, &identity.0, Action::Read { tool: "get_logs".into() })
+            .await
+            .map_err(|e| McpError::invalid_params(e.message.clone(), Some(e.to_value())))?;
+        if self.warden.logs.is_none() {
+            return Err(McpError::invalid_params("output capture is off in this warden", None));
+        }
+        for uri in uris {
+            if logs::resource_watcher(uri).is_none() {
+                return Err(McpError::invalid_params(format!("cannot subscribe to {uri}: only logs://{{name}}/recent"), None));
+            }
+        }
+        Ok(uris.to_vec())
     }
 
     fn identity(&self, ctx: &RequestContext<RoleServer>) -> Identity {
@@ -77,7 +143,9 @@ fn read_error(uri: &str, e: ToolError) -> McpError {
 
 impl ServerHandler for Server {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().enable_prompts().build())
+        ServerConfig::new(
+            ServerCapabilities::builder().enable_tools().enable_resources().enable_resources_subscribe().enable_prompts().build(),
+        )
             .with_server_info(
                 Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
                     .with_title("circus-warden")
@@ -143,6 +211,9 @@ impl ServerHandler for Server {
             ResourceTemplate::new("process://{name}/info", "process-info")
                 .with_description("One watcher's circus options, state, pids and counters")
                 .with_mime_type("application/json"),
+            ResourceTemplate::new("logs://{name}/recent", "recent-logs")
+                .with_description("A watcher's newest output entries and recent log alerts; subscribe to hear of new ones")
+                .with_mime_type("application/json"),
         ]))
     }
 
@@ -155,12 +226,90 @@ impl ServerHandler for Server {
         let body = match uri {
             "circus://processes" => inspect::list(&self.warden).await.map(|v| serde_json::to_value(v).unwrap_or_default()),
             "circus://stats" => inspect::stats(&self.warden, None).await.map(|v| serde_json::to_value(v).unwrap_or_default()),
+            _ if uri.starts_with("logs://") => match logs::resource_watcher(uri) {
+                Some(name) => {
+                    let identity = self.identity(&_ctx);
+                    let read = Action::Read { tool: "get_logs".into() };
+                    match self.warden.gate.admit(&self.warden.client, &identity.0, read).await {
+                        Ok(_) => logs::recent(&self.warden, name.as_str()),
+                        Err(e) => Err(e),
+                    }
+                }
+                None => return Err(McpError::resource_not_found(format!("no resource at {uri}"), None)),
+            },
             _ => match uri.strip_prefix("process://").and_then(|r| r.strip_suffix("/info")) {
                 Some(name) => inspect::info(&self.warden, name).await,
                 None => return Err(McpError::resource_not_found(format!("no resource at {uri}"), None)),
             },
         };
         body.map(|v| json_resource(uri, &v)).map_err(|e| read_error(uri, e))
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: rmcp::model::SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let uris = self.log_uris(&ctx, std::slice::from_ref(&request.uri)).await?;
+        let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+        if subs.contains_key(&request.uri) {
+            return Ok(());
+        }
+        if subs.len() >= MAX_SUBSCRIPTIONS {
+            return Err(McpError::invalid_params(format!("at most {MAX_SUBSCRIPTIONS} subscriptions per session"), None));
+        }
+        let stop = ctx.ct.child_token();
+        subs.insert(request.uri.clone(), stop.clone());
+        let (logs, peer) = (self.warden.logs.clone().expect("checked by log_uris"), ctx.peer.clone());
+        tokio::spawn(notify_news(logs, uris, stop, move |uri| {
+            let peer = peer.clone();
+            async move { peer.notify_resource_updated(rmcp::model::ResourceUpdatedNotificationParam::new(uri)).await.is_ok() }
+        }));
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: rmcp::model::UnsubscribeRequestParams,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        if let Some(stop) = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).remove(&request.uri) {
+            stop.cancel();
+        }
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(&self, requested: &rmcp::model::SubscriptionFilter) -> Option<rmcp::model::SubscriptionFilter> {
+        self.warden.logs.as_ref()?;
+        let uris: Vec<String> = requested
+            .resource_subscriptions
+            .iter()
+            .flatten()
+            .filter(|u| logs::resource_watcher(u).is_some())
+            .take(MAX_SUBSCRIPTIONS)
+            .cloned()
+            .collect();
+        Some(rmcp::model::SubscriptionFilter::builder().resource_subscriptions(uris).build())
+    }
+
+    async fn listen(&self, sub: SubscriptionContext) -> Result<(), McpError> {
+        let requested = sub.accepted().resource_subscriptions.clone().unwrap_or_default();
+        let uris = self.log_uris(sub.request_context(), &requested).await?;
+        let logs = self.warden.logs.clone().expect("checked by log_uris");
+        let stop = CancellationToken::new();
+        let sink = sub.sink().clone();
+        let news = notify_news(logs, uris, stop.clone(), move |uri| {
+            let sink = sink.clone();
+            async move { sink.notify_resource_updated(uri).await.is_ok() }
+        });
+        tokio::select! {
+            _ = news => {}
+            _ = sub.cancelled() => {}
+        }
+        stop.cancel();
+        Ok(())
     }
 
     async fn list_prompts(

@@ -246,6 +246,11 @@ impl Alerting {
             .collect()
     }
 
+    /// The newest firing for `watcher` still listed (0 when none).
+    pub fn last_id_for(&self, watcher: &str) -> u64 {
+        self.recent.iter().rev().find(|a| a.watcher == watcher).map_or(0, |a| a.id)
+    }
+
     pub fn last_id(&self) -> u64 {
         self.next_id - 1
     }

@@ -116,9 +116,33 @@ impl Logs {
         self.changed.subscribe()
     }
 
-    pub fn followers(&self) -> usize {
-        self.changed.receiver_count()
+    /// Where each of `watchers` stands now (its last entry and last alert).
+    pub fn seen(&self, watchers: &[String]) -> Vec<Seen> {
+        let s = self.lock();
+        watchers.iter().map(|w| Seen { seq: s.last_seq(w).unwrap_or(0), alert: s.alerts.last_id_for(w) }).collect()
     }
+
+    /// Waits until one of `watchers` has entries or alerts newer than `seen`; updates `seen` and
+    /// returns the indexes that moved. `None` when the store is gone.
+    pub async fn news(&self, rx: &mut watch::Receiver<u64>, watchers: &[String], seen: &mut [Seen]) -> Option<Vec<usize>> {
+        loop {
+            rx.borrow_and_update();
+            let now = self.seen(watchers);
+            let moved: Vec<usize> = (0..watchers.len()).filter(|&i| now[i] != seen[i]).collect();
+            if !moved.is_empty() {
+                seen.copy_from_slice(&now);
+                return Some(moved);
+            }
+            rx.changed().await.ok()?;
+        }
+    }
+}
+
+/// What a subscriber last saw of one watcher.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub seq: u64,
+    pub alert: u64,
 }
 
 pub fn now_ms() -> u64 {

@@ -44,6 +44,16 @@ impl Ring {
         self.text + self.entries.len() * ALLOC_HEADER + self.entries.capacity() * size_of::<Entry>()
     }
 
+    /// Releases spare slot capacity when more than a third of it is unused.
+    fn trim(&mut self) -> bool {
+        let (len, cap) = (self.entries.len(), self.entries.capacity());
+        if cap > 64 && cap - len > cap / 3 {
+            self.entries.shrink_to(len + len / 4);
+            return self.entries.capacity() < cap;
+        }
+        false
+    }
+
     fn pop(&mut self) -> Option<Entry> {
         let e = self.entries.pop_front()?;
         self.text -= e.text.len();
@@ -237,6 +247,10 @@ impl Store {
         let ring = &mut w.rings[stream as usize];
         let (mut lines_out, mut bytes_out) = (0u64, 0u64);
         while ring.held() > self.caps.stream {
+            // Spare slots count as held; give them back before evicting lines.
+            if ring.trim() {
+                continue;
+            }
             let Some(e) = ring.pop() else { break };
             lines_out += 1;
             bytes_out += e.text.len() as u64;
@@ -294,9 +308,7 @@ impl Store {
                 lines_out += 1;
                 bytes_out += e.text.len() as u64;
             }
-            if ring.entries.len() < ring.entries.capacity() / 4 {
-                ring.entries.shrink_to(ring.entries.len() * 2);
-            }
+            ring.trim();
             let after = ring.held();
             self.held -= start - after;
             w.stats.evicted_lines += lines_out;
@@ -536,6 +548,18 @@ mod tests {
         let pushed = 50 * 110;
         let kept = w.rings[0].entries.len() + w.rings[1].entries.len();
         assert_eq!(w.stats.evicted_lines as usize + kept, pushed);
+    }
+
+    #[test]
+    fn spare_slots_are_given_back_before_lines() {
+        // Short lines under a small cap: the ring's slot capacity is a large part of what is held.
+        let mut s = store(16_384, 1 << 22);
+        for t in 0..100 {
+            s.push("w", Stream::Stdout, lines(50, 8, Level::Info), 0, t);
+        }
+        let w = &s.watchers["w"];
+        assert!(w.rings[0].held() <= 16_384);
+        assert!(w.rings[0].entries.len() > 150, "only {} entries kept", w.rings[0].entries.len());
     }
 
     #[test]

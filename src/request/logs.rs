@@ -173,3 +173,22 @@ pub fn alerts(w: &Warden, a: ListAlertsArgs) -> Result<AlertsOutput, ToolError> 
     let store = logs.lock();
     Ok(AlertsOutput { alerts: store.alerts.list(a.name.as_deref(), since), last_id: store.alerts.last_id() })
 }
+
+/// Entries the `logs://{name}/recent` resource shows.
+const RECENT: u32 = 50;
+
+/// The `logs://{name}/recent` resource: the newest entries and this watcher's recent alerts.
+pub fn recent(w: &Warden, name: &str) -> Result<serde_json::Value, ToolError> {
+    let args = GetLogsArgs { name: name.to_string(), stream: None, limit: Some(RECENT), level: None, since: None, contains: None, after: None };
+    let out = get_logs(w, args)?;
+    let alerts = logs(w)?.lock().alerts.list(Some(name), None);
+    let alerts = &alerts[alerts.len().saturating_sub(20)..];
+    Ok(serde_json::json!({
+        "name": out.name, "entries": out.entries, "alerts": alerts, "last_seq": out.last_seq, "epoch": out.epoch,
+    }))
+}
+
+/// A `logs://{name}/recent` URI's watcher name.
+pub fn resource_watcher(uri: &str) -> Option<WatcherName> {
+    uri.strip_prefix("logs://")?.strip_suffix("/recent").and_then(WatcherName::parse)
+}
