@@ -156,7 +156,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            match runtime.block_on(circus_warden::serve::run(config)) {
+            let result = runtime.block_on(circus_warden::serve::run(config));
+            // A blocking read of stdin (stdio transport) would hold a plain drop forever.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = format!("{e:#}"), "circus-warden stopped");

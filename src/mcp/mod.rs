@@ -259,7 +259,9 @@ impl ServerHandler for Server {
         if subs.len() >= MAX_SUBSCRIPTIONS {
             return Err(McpError::invalid_params(format!("at most {MAX_SUBSCRIPTIONS} subscriptions per session"), None));
         }
-        let stop = ctx.ct.child_token();
+        // Not the request's token: that one ends with the subscribe request. The task ends on
+        // unsubscribe, or at the first update the closed session cannot take.
+        let stop = CancellationToken::new();
         subs.insert(request.uri.clone(), stop.clone());
         let (logs, peer) = (self.warden.logs.clone().expect("checked by log_uris"), ctx.peer.clone());
         tokio::spawn(notify_news(logs, uris, stop, move |uri| {
