@@ -30,6 +30,9 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml declares the benches; cargo refuses a manifest whose targets are missing (they are
+# not built here).
+COPY benches ./benches
 # The release profile keeps line tables for backtraces; compressing the debug sections keeps
 # them readable (file:line in panics) at about a third of the size.
 RUN cargo build --release --locked \

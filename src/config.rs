@@ -246,7 +246,8 @@ impl Default for LogConfig {
 #[validate(schema(function = "validate_output"))]
 pub struct OutputConfig {
     /// Set `stdout_stream`/`stderr_stream` on every `add` and follow the files. Off means
-    /// circusd discards the output and the log tools have nothing to show.
+    /// circus does not capture the output (it goes to circusd's own stdout and stderr) and the
+    /// log tools answer that capture is off.
     pub enabled: bool,
     /// Where circusd writes `<watcher>/stdout.log` and `stderr.log`: the same path for
     /// circusd and the warden (a shared volume in the pod). Absent: `$XDG_STATE_HOME/
@@ -288,7 +289,9 @@ pub struct OutputConfig {
     /// Most entries one `get_logs` (or a follow backlog) returns.
     #[validate(range(min = 1, max = 100_000))]
     pub max_read_entries: usize,
-    /// Most text bytes one `get_logs` returns.
+    /// Most text bytes one `get_logs` returns. An MCP answer carries the text twice (content
+    /// and structuredContent), escaped: keep it well under the clients' message cap (1 MiB
+    /// for the Python SDK).
     #[validate(range(min = 1024, max = 67_108_864))]
     pub max_read_bytes: usize,
     /// Concurrent `GET /logs/{name}?follow=true` streams.
@@ -338,7 +341,7 @@ impl Default for OutputConfig {
             checkpoint_interval_ms: 1_000,
             notify_interval_ms: 1_000,
             max_read_entries: 1_000,
-            max_read_bytes: 1 << 20,
+            max_read_bytes: 256 << 10,
             max_followers: 16,
             max_alerts: 256,
             default_level: DefaultLevels::default(),
@@ -463,7 +466,12 @@ fn describe_figment_error(e: &figment::Error) -> String {
 fn describe_validation(source: &str, errors: &ValidationErrors) -> String {
     fn walk(prefix: &str, errors: &ValidationErrors, out: &mut Vec<String>) {
         for (field, kind) in errors.errors() {
-            let key = if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") };
+            let key = match (prefix, field.as_ref()) {
+                // A check over a whole section (validator's `schema`) is reported on the section.
+                (p, "__all__") if !p.is_empty() => p.to_string(),
+                ("", f) => f.to_string(),
+                (p, f) => format!("{p}.{f}"),
+            };
             match kind {
                 ValidationErrorsKind::Field(list) => {
                     for e in list {

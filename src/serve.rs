@@ -147,6 +147,7 @@ fn start_output(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<(Lo
         flush_after: Duration::from_millis(o.flush_after_ms),
         checkpoint_every: Duration::from_millis(o.checkpoint_interval_ms),
         max_line: o.max_line_bytes,
+        backup_count: o.backup_count,
         inotify: o.inotify,
     };
     let tailer = tail::Tailer::new(settings, logs.clone(), o.classifier().map_err(anyhow::Error::msg)?)

@@ -205,6 +205,7 @@ pub fn respond(logs: &Logs, open: &Arc<AtomicUsize>, metrics: &crate::metrics::M
         limit,
         max_bytes: logs.limits.max_bytes,
         after: None,
+        before: None,
     };
     let (backlog, cursor) = {
         let store = logs.lock();

@@ -151,7 +151,7 @@ impl Alerting {
     pub fn new(rules: &[AlertRule], max_recent: usize) -> Result<Alerting, String> {
         let mut compiled = Vec::with_capacity(rules.len());
         for (i, r) in rules.iter().enumerate() {
-            let at = format!("alerts[{i}] ({})", r.id);
+            let at = format!("output.alerts[{i}] ({})", r.id);
             let kind = match (&r.level, &r.pattern, &r.rate) {
                 (Some(l), None, None) => Kind::Level(*l),
                 (None, Some(p), None) => Kind::Pattern(Regex::new(p).map_err(|e| format!("{at}.pattern: {e}"))?),
@@ -318,9 +318,9 @@ mod tests {
     #[test]
     fn bad_rules_are_named() {
         let both = AlertRule { level: Some(Level::Error), pattern: Some("x".into()), ..rule("two") };
-        assert!(Alerting::new(&[both], 1).err().unwrap().contains("alerts[0] (two): set exactly one"));
+        assert!(Alerting::new(&[both], 1).err().unwrap().contains("output.alerts[0] (two): set exactly one"));
         let bad = AlertRule { pattern: Some("(".into()), ..rule("p") };
-        assert!(Alerting::new(&[bad], 1).err().unwrap().contains("alerts[0] (p).pattern"));
+        assert!(Alerting::new(&[bad], 1).err().unwrap().contains("output.alerts[0] (p).pattern"));
         assert!(Alerting::new(&[AlertRule { level: Some(Level::Error), ..rule("a") }, AlertRule { level: Some(Level::Error), ..rule("a") }], 1).is_err());
     }
 }

@@ -136,9 +136,9 @@ impl Classifier {
             None
         } else {
             for (i, p) in patterns.iter().enumerate() {
-                regex::bytes::Regex::new(&p.pattern).map_err(|e| format!("classify.patterns[{i}].pattern: {e}"))?;
+                regex::bytes::Regex::new(&p.pattern).map_err(|e| format!("output.patterns[{i}].pattern: {e}"))?;
             }
-            let set = RegexSet::new(patterns.iter().map(|p| &p.pattern)).map_err(|e| format!("classify.patterns: {e}"))?;
+            let set = RegexSet::new(patterns.iter().map(|p| &p.pattern)).map_err(|e| format!("output.patterns: {e}"))?;
             Some((set, patterns.iter().map(|p| p.level).collect()))
         };
         let words = AhoCorasickBuilder::new()
@@ -304,6 +304,6 @@ mod tests {
         assert_eq!(c.classify(b"INFO: Deprecated call", Stream::Stdout), Level::Warning);
         assert_eq!(c.classify(b"plain", Stream::Stderr), Level::Warning);
         let bad = vec![LevelPattern { pattern: "(".into(), level: Level::Error }];
-        assert!(Classifier::new(&bad, Level::Info, Level::Info).err().unwrap().contains("classify.patterns[0].pattern"));
+        assert!(Classifier::new(&bad, Level::Info, Level::Info).err().unwrap().contains("output.patterns[0].pattern"));
     }
 }

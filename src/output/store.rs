@@ -155,6 +155,8 @@ pub struct Query {
     pub min_level: Option<Level>,
     pub since_ms: Option<u64>,
     pub after: Option<u64>,
+    /// Only entries before this sequence number (paging back from a previous answer).
+    pub before: Option<u64>,
     pub contains: Option<String>,
     pub limit: usize,
     pub max_bytes: usize,
@@ -371,7 +373,7 @@ impl Store {
             if q.after.is_some_and(|a| e.seq <= a) || q.since_ms.is_some_and(|t| e.time_ms < t) {
                 break;
             }
-            if q.min_level.is_some_and(|l| e.level < l) || q.contains.as_ref().is_some_and(|c| !e.text.contains(c.as_str())) {
+            if q.before.is_some_and(|b| e.seq >= b) || q.min_level.is_some_and(|l| e.level < l) || q.contains.as_ref().is_some_and(|c| !e.text.contains(c.as_str())) {
                 continue;
             }
             if out.len() == q.limit || (bytes + e.text.len() > q.max_bytes && !out.is_empty()) {
@@ -589,6 +591,7 @@ mod tests {
         assert_eq!(q(Query { stream: Some(Stream::Stdout), ..Default::default() }), 2);
         assert_eq!(q(Query { since_ms: Some(2000), ..Default::default() }), 2);
         assert_eq!(q(Query { after: Some(2), ..Default::default() }), 1);
+        assert_eq!(q(Query { before: Some(3), ..Default::default() }), 2);
         assert_eq!(q(Query { contains: Some("boom".into()), ..Default::default() }), 1);
         let two = s.read("w", &Query { limit: 2, max_bytes: 1000, ..Default::default() }).unwrap();
         assert!(two.more);

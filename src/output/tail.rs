@@ -5,6 +5,7 @@
 //! so that a restarted warden resumes where it stopped: lines still on disk are neither lost
 //! nor read twice.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -29,6 +30,8 @@ pub struct Settings {
     pub flush_after: Duration,
     pub checkpoint_every: Duration,
     pub max_line: usize,
+    /// circus keeps this many rotated files (`output.backup_count`).
+    pub backup_count: u32,
     pub inotify: bool,
 }
 
@@ -57,6 +60,19 @@ struct Tracked {
     offset: u64,
     splitter: Splitter,
     last_data: Instant,
+    /// Files already read to their end (rotated away), newest last; never read again.
+    read: VecDeque<FileId>,
+}
+
+impl Tracked {
+    fn done(&mut self, id: FileId) {
+        if !self.read.contains(&id) {
+            if self.read.len() == 64 {
+                self.read.pop_front();
+            }
+            self.read.push_back(id);
+        }
+    }
 }
 
 pub struct Tailer {
@@ -148,6 +164,7 @@ impl Tailer {
                         offset: 0,
                         splitter: Splitter::new(stream, self.s.max_line),
                         last_data: Instant::now(),
+                        read: VecDeque::new(),
                     });
                 }
             }
@@ -172,27 +189,22 @@ impl Tailer {
     fn poll(&mut self, t: &mut Tracked) -> bool {
         let current = open_regular(&t.path);
         match (&t.file, current) {
-            (None, Some((f, id))) => {
-                let rel = relative(t);
-                match self.saved.remove(&rel) {
-                    Some(p) => self.resume(t, p, f, id),
-                    None => t.file = Some((f, id)),
+            (None, Some((f, id))) => match self.saved.remove(&relative(t)) {
+                Some(p) => self.resume(t, p, f, id),
+                None => {
+                    t.file = Some((f, id));
+                    t.offset = 0;
                 }
-                t.offset = 0;
-                if let Some((f, _)) = &mut t.file {
-                    t.offset = f.stream_position().unwrap_or(0);
-                }
-            }
+            },
             (None, None) => return false,
-            (Some((_, old)), Some((f, id))) if *old != id => {
-                // Rotated: finish the old file, then any backups newer than it, then the new file.
+            (Some((_, old)), Some(_)) if Some(*old) != current_id(&t.path) => {
+                // Rotated: finish the old file, then the backups newer than it, then the new file.
                 let old = *old;
-                self.drain(t);
-                for (b, _) in backups_newer_than(&t.path, old) {
-                    self.read_file(t, b, usize::MAX);
+                if let Some((f, _)) = t.file.take() {
+                    self.read_file(t, f, usize::MAX);
                 }
-                t.file = Some((f, id));
-                t.offset = 0;
+                t.done(old);
+                self.catch_up(t, old);
             }
             (Some((cur, _)), Some(_)) => {
                 if cur.metadata().is_ok_and(|m| m.len() < t.offset) {
@@ -222,27 +234,78 @@ impl Tailer {
         if saved == id {
             let mut f = current;
             let len = f.metadata().map_or(0, |m| m.len());
-            let _ = f.seek(SeekFrom::Start(if p.offset <= len { p.offset } else { 0 }));
+            t.offset = if p.offset <= len { p.offset } else { 0 };
+            let _ = f.seek(SeekFrom::Start(t.offset));
             t.file = Some((f, id));
             return;
         }
         // Rotated while the warden was away: the saved file (if still on disk) from the saved
-        // offset, then the newer backups in order.
-        let mut backups = backups_newer_than(&t.path, saved);
-        if let Some(mut f) = find_backup(&t.path, saved) {
+        // offset, then the newer backups in order, then the current file.
+        drop(current);
+        if let Some((mut f, _)) = self.backups(&t.path).into_iter().find(|(_, b)| *b == saved) {
             let _ = f.seek(SeekFrom::Start(p.offset));
             self.read_file(t, f, usize::MAX);
         }
-        for (b, _) in backups.drain(..) {
-            self.read_file(t, b, usize::MAX);
-        }
-        t.file = Some((current, id));
+        t.done(saved);
+        self.catch_up(t, saved);
     }
 
-    fn drain(&mut self, t: &mut Tracked) {
-        if let Some((f, _)) = t.file.take() {
-            self.read_file(t, f, usize::MAX);
+    /// Reads, oldest first, every backup newer than `old` that was not read yet (every unread
+    /// one when `old` is gone), then opens the current file. circus may rotate again meanwhile:
+    /// the listing is repeated after opening, until it shows nothing unread.
+    fn catch_up(&mut self, t: &mut Tracked, old: FileId) {
+        for _ in 0..16 {
+            let unread = self.unread_backups(t, old);
+            let progressed = !unread.is_empty();
+            for (f, id) in unread {
+                self.read_file(t, f, usize::MAX);
+                t.done(id);
+            }
+            // No current file yet (circus renamed it and has not reopened): the next poll opens it.
+            let Some((f, id)) = open_regular(&t.path) else { return };
+            if !progressed && self.unread_backups(t, old).is_empty() {
+                t.file = Some((f, id));
+                t.offset = 0;
+                return;
+            }
         }
+        tracing::warn!(path = %t.path.display(), "output files kept rotating while being caught up; continuing with the newest");
+        t.file = open_regular(&t.path);
+        t.offset = 0;
+    }
+
+    fn unread_backups(&self, t: &Tracked, old: FileId) -> Vec<(File, FileId)> {
+        let mut list = self.backups(&t.path);
+        if let Some(i) = list.iter().position(|(_, b)| *b == old) {
+            list.truncate(i);
+        }
+        list.retain(|(_, id)| !t.read.contains(id));
+        list.reverse();
+        list
+    }
+
+    /// `<path>.1` … `<path>.<backup_count>` (newest first), listed until two listings agree:
+    /// circus renames backups one by one, so one listing can catch it half-way.
+    fn backups(&self, path: &Path) -> Vec<(File, FileId)> {
+        let list = || {
+            (1..=self.s.backup_count + 1)
+                .filter_map(|i| {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(format!(".{i}"));
+                    open_regular(Path::new(&p))
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut last = list();
+        for _ in 0..5 {
+            let again = list();
+            let same = again.len() == last.len() && again.iter().zip(&last).all(|(a, b)| a.1 == b.1);
+            last = again;
+            if same {
+                break;
+            }
+        }
+        last
     }
 
     fn read_file(&mut self, t: &mut Tracked, mut f: File, budget: usize) {
@@ -327,32 +390,9 @@ fn open_regular(path: &Path) -> Option<(File, FileId)> {
     m.is_file().then(|| (f, (m.dev(), m.ino())))
 }
 
-/// `<path>.1`, `<path>.2`, … while they exist (newest first).
-fn backups(path: &Path) -> Vec<(File, FileId)> {
-    let mut out = Vec::new();
-    for i in 1..=1000 {
-        let mut p = path.as_os_str().to_owned();
-        p.push(format!(".{i}"));
-        match open_regular(Path::new(&p)) {
-            Some(f) => out.push(f),
-            None => break,
-        }
-    }
-    out
-}
-
-/// Backups newer than the file `id`, oldest first (all of them when `id` is gone).
-fn backups_newer_than(path: &Path, id: FileId) -> Vec<(File, FileId)> {
-    let mut all = backups(path);
-    if let Some(i) = all.iter().position(|(_, b)| *b == id) {
-        all.truncate(i);
-    }
-    all.reverse();
-    all
-}
-
-fn find_backup(path: &Path, id: FileId) -> Option<File> {
-    backups(path).into_iter().find(|(_, b)| *b == id).map(|(f, _)| f)
+fn current_id(path: &Path) -> Option<FileId> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    m.is_file().then(|| (m.dev(), m.ino()))
 }
 
 fn hex(b: &[u8]) -> String {

@@ -34,6 +34,10 @@ pub struct GetLogsArgs {
     /// Only entries after this sequence number (a previous answer's last_seq), to poll for news.
     #[serde(default)]
     pub after: Option<u64>,
+    /// Only entries before this sequence number: page back with the oldest seq of an answer
+    /// that said `more`.
+    #[serde(default)]
+    pub before: Option<u64>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -61,7 +65,7 @@ pub struct LogsOutput {
     pub name: String,
     /// Oldest first, newest last.
     pub entries: Vec<LogEntry>,
-    /// Older matching entries exist beyond limit or the byte cap.
+    /// Older matching entries exist beyond limit or the byte cap (page back with `before`).
     pub more: bool,
     /// The newest sequence number stored for this watcher: pass it as `after` to get only news.
     pub last_seq: u64,
@@ -132,6 +136,7 @@ pub fn get_logs(w: &Warden, a: GetLogsArgs) -> Result<LogsOutput, ToolError> {
         min_level: a.level,
         since_ms: since(a.since.as_deref())?,
         after: a.after,
+        before: a.before,
         contains: a.contains,
         limit,
         max_bytes: logs.limits.max_bytes,
@@ -179,7 +184,7 @@ const RECENT: u32 = 50;
 
 /// The `logs://{name}/recent` resource: the newest entries and this watcher's recent alerts.
 pub fn recent(w: &Warden, name: &str) -> Result<serde_json::Value, ToolError> {
-    let args = GetLogsArgs { name: name.to_string(), stream: None, limit: Some(RECENT), level: None, since: None, contains: None, after: None };
+    let args = GetLogsArgs { name: name.to_string(), stream: None, limit: Some(RECENT), level: None, since: None, contains: None, after: None, before: None };
     let out = get_logs(w, args)?;
     let alerts = logs(w)?.lock().alerts.list(Some(name), None);
     let alerts = &alerts[alerts.len().saturating_sub(20)..];

@@ -8,8 +8,9 @@
 #      loopback port with --network host; /readyz must answer 200;
 #   3. the chart's pod layout: two containers of the image, `circusd /etc/circus/circus.ini`
 #      and `circus-warden serve --config ...` with the files rendered by the chart, sharing
-#      only a /run/circus directory (the ipc sockets, 0700, uid 10001); /readyz must answer
-#      200 and the circusd liveness probe command must pass.
+#      only a /run/circus directory (the ipc sockets, 0700, uid 10001) and a
+#      /var/log/circus-warden directory (the warden's output.dir, as the chart's emptyDir);
+#      /readyz must answer 200 and the circusd liveness probe command must pass.
 #
 # No image can be pulled here, so the two base images the Dockerfile names are stand-ins built
 # locally with mmdebstrap and `docker import`ed under the exact tags:
@@ -167,11 +168,13 @@ docker top "$C" -eo pid,user,args
 docker stop -t 20 "$C" >/dev/null
 echo "exit code after docker stop: $(docker inspect -f '{{.State.ExitCode}}' "$C")"
 
-step "3. the chart's pod layout: circusd + warden containers sharing /run/circus"
+step "3. the chart's pod layout: circusd + warden containers sharing /run/circus and /var/log/circus-warden"
 mkdir -p "$WORK/pod"
 "$VPY" tests/deploy/pod_boot.py --extract-only "$WORK/pod" --helm "$HELM"
 RUN_DIR=$WORK/pod/run-circus
 mkdir -p "$RUN_DIR" && chown 10001:10001 "$RUN_DIR" && chmod 0770 "$RUN_DIR"
+LOG_DIR=$WORK/pod/process-logs
+mkdir -p "$LOG_DIR" && chown 10001:10001 "$LOG_DIR" && chmod 0770 "$LOG_DIR"
 PORT=$(free_port)
 CD=cw-smoke-circusd-$$; CW=cw-smoke-warden-$$
 CONTAINERS+=("$CD" "$CW")
@@ -179,15 +182,15 @@ mapfile -t CIRCUSD_ARGS < "$WORK/pod/circusd.args"
 mapfile -t WARDEN_ARGS < "$WORK/pod/warden.args"
 CIRCUSD_WD=$(cat "$WORK/pod/circusd.workdir")
 docker run -d --name "$CD" --network none "${HARDEN[@]}" ${CIRCUSD_WD:+-w "$CIRCUSD_WD"} \
-    -v "$RUN_DIR:/run/circus" -v "$WORK/pod/etc-circus:/etc/circus:ro" \
+    -v "$RUN_DIR:/run/circus" -v "$LOG_DIR:/var/log/circus-warden" -v "$WORK/pod/etc-circus:/etc/circus:ro" \
     "$IMAGE" "${CIRCUSD_ARGS[@]}" >/dev/null
 # Same files and args as the pod; only the bind moves to a free loopback port (host network).
 docker run -d --name "$CW" --network host "${HARDEN[@]}" \
-    -v "$RUN_DIR:/run/circus" -v "$WORK/pod/etc-circus-warden:/etc/circus-warden:ro" \
+    -v "$RUN_DIR:/run/circus" -v "$LOG_DIR:/var/log/circus-warden" -v "$WORK/pod/etc-circus-warden:/etc/circus-warden:ro" \
     --env-file "$WORK/pod/warden.env" -e "CIRCUS_WARDEN_SERVER__BIND=127.0.0.1:$PORT" \
     "$IMAGE" "${WARDEN_ARGS[@]}" >/dev/null
 if ! wait_ready "http://127.0.0.1:$PORT/readyz" 60; then docker logs "$CD" >&2; docker logs "$CW" >&2; exit 1; fi
-ls -ln "$RUN_DIR"
+ls -ln "$RUN_DIR" "$LOG_DIR"
 mapfile -t PROBE < "$WORK/pod/circusd.liveness"
 docker exec "$CD" "${PROBE[@]}" >/dev/null && echo "circusd liveness probe command: ok"
 # The tokens arrived through the env file exactly as the kubelet would set them.

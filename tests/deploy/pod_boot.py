@@ -21,11 +21,17 @@ What it does, in order:
      `add_process /usr/bin/sleep 300` succeeds if the rendered policy lets the caller's
      identity run it (checked in circusd with a raw DEALER: the watcher runs /usr/bin/sleep)
      or is denied (and circusd has no such watcher); ini-defined watchers cannot be stopped;
-     `remove_process` cleans up. Then the policy is updated the way the kubelet updates a
+     `remove_process` cleans up. Process output: the warden's output caps are the rendered
+     config's (circus_warden_log_buffer_limit_bytes); when the policy has the program
+     `podboot-print` (values-all.yaml: python3 -c printing two lines), it is added, both
+     lines land in <output.dir>/<watcher>/stdout.log on the shared emptyDir and come back
+     from get_logs with their levels, get_log_summary counts them, the CRITICAL line fires
+     the configured level rules (list_alerts, circus_warden_log_alerts_total), and the
+     watcher's log series appear. Then the policy is updated the way the kubelet updates a
      ConfigMap volume (a `..data` symlink swap): a broken version is rejected and counted in
      circus_warden_policy_reloads_total{result="failure"}, a valid one without programs
      becomes active (generation + 1) and add_process is denied. Last, the series the chart's
-     alerts use must be in /metrics (those of features the warden has).
+     alerts use must be in /metrics (the log ones only when a process wrote output).
   6. Stops both with SIGTERM (as the kubelet would), then kills whatever is left.
 
   pod_boot.py [-f VALUES]... [--helm PATH] [--bin PATH]
@@ -484,6 +490,35 @@ def policy_allows_sleep(policy: dict, identity: str) -> bool:
                for prog in policy.get("programs") or [])
 
 
+PRINT_PROGRAM = "podboot-print"
+LEVEL_ORDER = ["TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def print_program(policy: dict, identity: str) -> str | None:
+    """The code of the `podboot-print` program (python3 -c CODE) when the rendered policy
+    lets `identity` add it and read logs, else None."""
+    ident = (policy.get("identities") or {}).get(identity) or {}
+    tools = ident.get("tools", [])
+    if not all(any(fnmatch.fnmatchcase(t, g) for g in tools) for t in ("add_process", "get_logs", "list_alerts")):
+        return None
+    may = ident.get("programs", ["*"])
+    for prog in policy.get("programs") or []:
+        if prog.get("id") == PRINT_PROGRAM and any(fnmatch.fnmatchcase(PRINT_PROGRAM, g) for g in may):
+            return prog["args"]["flags"]["-c"]["value"]["match"]
+    return None
+
+
+def level_rules(output: dict, watcher: str, stream: str, level: str) -> list[str]:
+    """Ids of the configured level rules a line at `level` of `watcher`'s `stream` fires
+    (the warden's default rules when the config names none)."""
+    rules = output.get("alerts")
+    if rules is None:
+        rules = [{"id": "critical-line", "level": "CRITICAL"}]
+    return [r["id"] for r in rules
+            if "level" in r and LEVEL_ORDER.index(level) >= LEVEL_ORDER.index(str(r["level"]).upper())
+            and fnmatch.fnmatchcase(watcher, r.get("watchers", "*")) and r.get("stream", stream) == stream]
+
+
 def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circusd_pid) -> None:
     log("GET /readyz -> 200")
     for path_ in (Path(control.removeprefix("ipc://")), Path(config["circus"]["pubsub_endpoint"].removeprefix("ipc://"))):
@@ -557,6 +592,21 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
         f"protected watchers {protected}")
     name = "podboot"
 
+    # Process output: the chart points the warden at the shared emptyDir, with the caps of
+    # the rendered config (the warden's own defaults where the config has none).
+    output = config.get("output") or {}
+    out_dir = Path(output.get("dir", ""))
+    if not out_dir.is_absolute() or not out_dir.is_dir():
+        fail(f"output.dir {out_dir} is not the shared emptyDir (a directory laid out for the pod)")
+    for scope, key, default in (("stream", "stream_cap_bytes", 1 << 20), ("global", "global_cap_bytes", 64 << 20)):
+        got = metric(metrics_port, "circus_warden_log_buffer_limit_bytes", {"scope": scope})
+        if got != output.get(key, default):
+            fail(f"circus_warden_log_buffer_limit_bytes{{scope={scope}}} is {got}, the config says {output.get(key, default)}")
+    log(f"output.dir {out_dir} (the process-logs emptyDir); buffer caps as configured")
+    code = print_program(policy, identity)
+    printer = "podboot-out"
+    lines = ["podboot: hello from the pod", "CRITICAL podboot: test alert"]
+
     async def steps(session):
         listed = dump(await session.call_tool("list_processes", {}))
         if listed["isError"]:
@@ -585,6 +635,60 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
             if not added["isError"] or kind != "denied" or present:
                 fail(f"add_process was not denied by the policy: {added}, watcher present: {present}")
             log("MCP add_process /usr/bin/sleep -> denied by the policy; circusd has no such watcher")
+        logged = False
+        if code is not None:
+            added = dump(await session.call_tool("add_process", {"name": printer, "command": "/usr/bin/python3", "args": ["-c", code]}))
+            if added["isError"]:
+                fail(f"add_process of {PRINT_PROGRAM} failed: {added}")
+            deadline = time.monotonic() + 20
+            while True:
+                got = dump(await session.call_tool("get_logs", {"name": printer}))
+                if got["isError"]:
+                    fail(f"get_logs {printer} failed: {got}")
+                entries = got["structuredContent"]["entries"]
+                if [e["text"] for e in entries] == lines:
+                    break
+                if time.monotonic() > deadline:
+                    fail(f"get_logs {printer} did not return {lines} within 20 s: {entries}")
+                await asyncio.sleep(0.3)
+            levels = [(e["stream"], e["level"]) for e in entries]
+            if levels != [("stdout", "INFO"), ("stdout", "CRITICAL")]:
+                fail(f"get_logs {printer}: streams/levels {levels}, want stdout INFO then stdout CRITICAL")
+            on_disk = (out_dir / printer / "stdout.log").read_text()
+            if on_disk != "".join(f"{line}\n" for line in lines):
+                fail(f"{out_dir / printer / 'stdout.log'} holds {on_disk!r}")
+            log(f"MCP add_process {PRINT_PROGRAM} -> ok; circusd wrote {out_dir / printer / 'stdout.log'}; "
+                f"get_logs -> {[(e['seq'], e['level'], e['text']) for e in entries]}")
+            summary = dump(await session.call_tool("get_log_summary", {"name": printer}))
+            sc = summary.get("structuredContent", {})
+            if summary["isError"] or sc.get("lines") != 2 or sc.get("levels", {}).get("CRITICAL") != 1:
+                fail(f"get_log_summary {printer}: {summary}")
+            expected = level_rules(output, printer, "stdout", "CRITICAL")
+            listed = dump(await session.call_tool("list_alerts", {"name": printer}))
+            fired = sorted(a["rule"] for a in listed["structuredContent"]["alerts"] if a["level"] == "CRITICAL")
+            if listed["isError"] or fired != sorted(expected):
+                fail(f"list_alerts {printer}: CRITICAL firings of {fired}, want {sorted(expected)}: {listed}")
+            for rule in expected:
+                if metric(metrics_port, "circus_warden_log_alerts_total", {"watcher": printer, "rule": rule}) != 1:
+                    fail(f"circus_warden_log_alerts_total{{watcher={printer},rule={rule}}} is not 1")
+            for series, labels, want in (("circus_warden_log_lines_total", {"level": "CRITICAL"}, 1),
+                                         ("circus_warden_log_lines_total", {"level": "INFO"}, 1),
+                                         ("circus_warden_log_dropped_bytes_total", {}, 0)):
+                got = metric(metrics_port, series, {"watcher": printer, **labels})
+                if got != want:
+                    fail(f"{series}{{watcher={printer},{labels}}} is {got}, want {want}")
+            if not metric(metrics_port, "circus_warden_log_buffer_bytes", {"watcher": printer}):
+                fail(f"circus_warden_log_buffer_bytes{{watcher={printer}}} is missing or 0")
+            log(f"get_log_summary -> {sc['lines']} lines; list_alerts -> {fired}; "
+                f"log_lines_total, log_dropped_bytes_total, log_buffer_bytes, log_alerts_total present for {printer}")
+            removed = dump(await session.call_tool("remove_process", {"name": printer}))
+            if removed["isError"]:
+                fail(f"remove_process {printer} failed: {removed}")
+            wait_for(lambda: printer not in dealer.call("list")["watchers"], 15, f"{printer} to be removed")
+            logged = True
+        else:
+            log(f"the policy has no {PRINT_PROGRAM} program for {identity!r}: no process output to read")
+
         for w in protected:
             r = dump(await session.call_tool("stop_process", {"name": w}))
             kind = r.get("structuredContent", {}).get("error", {}).get("kind")
@@ -616,17 +720,21 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
         log(f"policy update without programs -> generation {policy_generation(metrics_port)}; add_process -> denied")
         configmap_dir(policy_dir, {**files, "default.yaml": original})
 
-        # The series the chart's alerts use, as far as this warden exports them already.
+        # The series the chart's alerts use. crash_looping needs a watcher event, and the log
+        # series a watcher that wrote output (the podboot-print step above).
         names = metric_names(metrics_port)
         wanted = ["circus_warden_circus_up", "circus_warden_crash_looping", "circus_warden_policy_decisions_total",
                   "circus_warden_policy_reloads_total", "circus_warden_log_alerts_total",
                   "circus_warden_log_dropped_bytes_total"]
         present = [n for n in wanted if n in names]
         missing = [n for n in wanted if n not in names]
-        for required in ("circus_warden_circus_up", "circus_warden_policy_decisions_total", "circus_warden_policy_reloads_total"):
-            if required not in names:
-                fail(f"/metrics lacks {required}, which the chart's alerts use")
-        log(f"alert series exported: {', '.join(present)}; not (yet) exported: {', '.join(missing) or 'none'}")
+        required = ["circus_warden_circus_up", "circus_warden_policy_decisions_total", "circus_warden_policy_reloads_total"]
+        if logged:
+            required += ["circus_warden_log_alerts_total", "circus_warden_log_dropped_bytes_total"]
+        for series in required:
+            if series not in names:
+                fail(f"/metrics lacks {series}, which the chart's alerts use")
+        log(f"alert series exported: {', '.join(present)}; not exported in this run: {', '.join(missing) or 'none'}")
 
     asyncio.run(asyncio.wait_for(mcp_session(base + "/mcp", headers, steps), 90))
 

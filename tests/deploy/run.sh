@@ -16,7 +16,8 @@
 #   4. promtool check rules on the rendered PrometheusRule and promtool test rules
 #      (tests/deploy/rules-test.yml: every alert, firing and not firing).
 #   5. pod_boot.py: the rendered pod booted locally (circusd + the warden, the chart's files,
-#      args and env) and driven over MCP, with default values and with values-all.yaml.
+#      args and env) and driven over MCP, with default values and with values-all.yaml (which
+#      also has a process print to the shared output directory and reads it with get_logs).
 # Tools: .tools/deploy-venv (helm, kubernetes-validate, checkov, hadolint), promtool (apt
 # `prometheus`), .venv (circus, mcp, PyYAML), target/release/circus-warden; the Makefile
 # target installs and builds them. Prints each step's duration.
@@ -60,12 +61,13 @@ for n in "${NAMES[@]}"; do
 done
 # The schema is strict: unknown keys and malformed tokens are refused.
 for bad in "unknownKey=1" "config.gate.executabls[0]=/bin/true" "auth.tokens[0].identity=ci,auth.tokens[0].token=short" \
-           "auth.tokens[0].identity=ci,auth.tokens[0].token=has\"quote0123456789" "image.pullPolicy=Sometimes"; do
+           "auth.tokens[0].identity=ci,auth.tokens[0].token=has\"quote0123456789" "image.pullPolicy=Sometimes" \
+           "config.output.dir=/var/tmp/out" "config.output.alerts[0].id=x,config.output.alerts[0].severity=info"; do
     if "$HELM" lint --strict "$CHART" --set "$bad" >/dev/null 2>&1; then
         echo "values.schema.json accepted --set $bad" >&2; exit 1
     fi
 done
-echo "schema refuses unknown keys, misspelt keys, short or unsafe tokens, bad enums"
+echo "schema refuses unknown keys, misspelt keys, short or unsafe tokens, bad enums, the chart-owned output.dir, an alert rule without a kind"
 "$VPY" tests/deploy/values_doc.py --check
 step_end
 

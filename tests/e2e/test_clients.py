@@ -141,4 +141,5 @@ def test_inspector_cli_over_stdio_lists_tools(tmp_path):
         "add_process", "start_process", "stop_process", "restart_process", "reload_process",
         "remove_process", "scale_process", "signal_process", "list_processes",
         "get_process_status", "get_process_stats", "explain_policy",
+        "get_logs", "get_log_summary", "list_alerts",
     }

@@ -60,6 +60,8 @@ app.kubernetes.io/part-of: circus-warden
 {{- define "circus-warden.runDir" -}}/run/circus{{- end }}
 {{- define "circus-warden.controlEndpoint" -}}ipc:///run/circus/control.sock{{- end }}
 {{- define "circus-warden.pubsubEndpoint" -}}ipc:///run/circus/pubsub.sock{{- end }}
+{{- /* Process output: circusd writes <dir>/<watcher>/{stdout,stderr}.log, the warden reads them. */}}
+{{- define "circus-warden.outputDir" -}}/var/log/circus-warden{{- end }}
 
 {{- define "circus-warden.metricsSeparate" -}}
 {{- if ne (int .Values.metrics.port) (int .Values.warden.containerPort) }}true{{- end }}
@@ -120,7 +122,8 @@ copy_env = False
 {{- toJson (uniq $hosts) }}
 {{- end }}
 
-{{/* config.yaml: values' config + extraConfig, then the chart-owned keys on top. */}}
+{{/* config.yaml: values' config + extraConfig, then the chart-owned keys on top (endpoints,
+transport, binds, allowed_hosts, policy.path, output.dir). */}}
 {{- define "circus-warden.wardenConfig" -}}
 {{- if hasKey (default dict .Values.extraConfig.server) "tokens" }}
 {{- fail "extraConfig.server.tokens: tokens would land in a ConfigMap; use auth.tokens or auth.existingSecret" }}
@@ -132,9 +135,11 @@ copy_env = False
 {{- $_ := set $server "metrics_bind" (printf "0.0.0.0:%d" (int .Values.metrics.port)) }}
 {{- end }}
 {{- $policy := mergeOverwrite (default dict $cfg.policy) (dict "path" (printf "%s/default.yaml" (include "circus-warden.policyDir" .))) }}
+{{- $output := mergeOverwrite (default dict $cfg.output) (dict "dir" (include "circus-warden.outputDir" .)) }}
 {{- $_ := set $cfg "circus" $circus }}
 {{- $_ = set $cfg "server" $server }}
-{{- $_ = set $cfg "policy" $policy -}}
+{{- $_ = set $cfg "policy" $policy }}
+{{- $_ = set $cfg "output" $output -}}
 # config.yaml -- circus-warden's configuration in the pod (rendered by the chart; tokens come
 # from the CIRCUS_WARDEN_SERVER__TOKENS environment variable, built from the tokens Secret).
 {{ toYaml $cfg }}
