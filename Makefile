@@ -68,6 +68,7 @@ test-e2e: venv tools build
 
 bench: venv build
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) bench/bench_status.py $(BENCH_ARGS)
+	cargo bench --bench ingest
 
 clean-venv:
 	rm -rf $(VENV)

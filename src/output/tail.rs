@@ -40,12 +40,22 @@ const POSITIONS: &str = ".circus-warden-positions.json";
 /// Read at most this much of one file before giving the others a turn.
 const TURN: usize = 4 << 20;
 
-type FileId = (u64, u64);
+/// A file's identity: device, inode and birth time. Inode numbers are reused as soon as circus
+/// deletes its oldest backup; the birth time tells the new file from the old.
+type FileId = (u64, u64, i128);
+
+fn file_id(m: &std::fs::Metadata) -> FileId {
+    let birth = m.created().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos() as i128);
+    (m.dev(), m.ino(), birth)
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Position {
     dev: u64,
     ino: u64,
+    /// Birth time in ns (0 where the filesystem does not record it).
+    #[serde(default)]
+    birth: i128,
     offset: u64,
     /// An unfinished line that began in a file already rotated away (hex).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -62,12 +72,15 @@ struct Tracked {
     last_data: Instant,
     /// Files already read to their end (rotated away), newest last; never read again.
     read: VecDeque<FileId>,
+    /// Backups last written before this (ns) are not this run's to read: a resumed stream's
+    /// older files were read by the previous run.
+    floor: i128,
 }
 
 impl Tracked {
     fn done(&mut self, id: FileId) {
         if !self.read.contains(&id) {
-            if self.read.len() == 64 {
+            if self.read.len() == 1024 {
                 self.read.pop_front();
             }
             self.read.push_back(id);
@@ -165,6 +178,7 @@ impl Tailer {
                         splitter: Splitter::new(stream, self.s.max_line),
                         last_data: Instant::now(),
                         read: VecDeque::new(),
+                        floor: 0,
                     });
                 }
             }
@@ -191,9 +205,11 @@ impl Tailer {
         match (&t.file, current) {
             (None, Some((f, id))) => match self.saved.remove(&relative(t)) {
                 Some(p) => self.resume(t, p, f, id),
+                // A new stream, or one caught between a rename and its new file: read the
+                // backups not read yet (a fast writer may have rotated already), then the file.
                 None => {
-                    t.file = Some((f, id));
-                    t.offset = 0;
+                    drop(f);
+                    self.catch_up(t);
                 }
             },
             (None, None) => return false,
@@ -204,7 +220,7 @@ impl Tailer {
                     self.read_file(t, f, usize::MAX);
                 }
                 t.done(old);
-                self.catch_up(t, old);
+                self.catch_up(t);
             }
             (Some((cur, _)), Some(_)) => {
                 if cur.metadata().is_ok_and(|m| m.len() < t.offset) {
@@ -230,7 +246,7 @@ impl Tailer {
         if let Some(partial) = unhex(&p.partial) {
             t.splitter.restore_partial(partial);
         }
-        let saved = (p.dev, p.ino);
+        let saved = (p.dev, p.ino, p.birth);
         if saved == id {
             let mut f = current;
             let len = f.metadata().map_or(0, |m| m.len());
@@ -243,27 +259,32 @@ impl Tailer {
         // offset, then the newer backups in order, then the current file.
         drop(current);
         if let Some((mut f, _)) = self.backups(&t.path).into_iter().find(|(_, b)| *b == saved) {
+            // Backups older than the saved file were read by the previous run.
+            t.floor = f.metadata().map_or(0, |m| mtime(&m));
             let _ = f.seek(SeekFrom::Start(p.offset));
             self.read_file(t, f, usize::MAX);
         }
         t.done(saved);
-        self.catch_up(t, saved);
+        self.catch_up(t);
     }
 
-    /// Reads, oldest first, every backup newer than `old` that was not read yet (every unread
-    /// one when `old` is gone), then opens the current file. circus may rotate again meanwhile:
-    /// the listing is repeated after opening, until it shows nothing unread.
-    fn catch_up(&mut self, t: &mut Tracked, old: FileId) {
+    /// Reads, oldest first, every backup not read yet (and not older than the stream's floor),
+    /// then opens the current file. Order comes from modification times, not names: circus
+    /// renames backups one by one, so a listing taken during a rotation can miss a file; a
+    /// file missed once is read at the next rotation, late but not lost. The listing is
+    /// repeated after opening, until it shows nothing unread.
+    fn catch_up(&mut self, t: &mut Tracked) {
         for _ in 0..16 {
-            let unread = self.unread_backups(t, old);
+            let unread = self.unread_backups(t);
             let progressed = !unread.is_empty();
             for (f, id) in unread {
                 self.read_file(t, f, usize::MAX);
                 t.done(id);
             }
-            // No current file yet (circus renamed it and has not reopened): the next poll opens it.
+            // No current file yet (circus renamed it and has not reopened): the next poll
+            // catches up again.
             let Some((f, id)) = open_regular(&t.path) else { return };
-            if !progressed && self.unread_backups(t, old).is_empty() {
+            if !progressed && self.unread_backups(t).is_empty() {
                 t.file = Some((f, id));
                 t.offset = 0;
                 return;
@@ -274,14 +295,21 @@ impl Tailer {
         t.offset = 0;
     }
 
-    fn unread_backups(&self, t: &Tracked, old: FileId) -> Vec<(File, FileId)> {
-        let mut list = self.backups(&t.path);
-        if let Some(i) = list.iter().position(|(_, b)| *b == old) {
-            list.truncate(i);
-        }
-        list.retain(|(_, id)| !t.read.contains(id));
-        list.reverse();
-        list
+    fn unread_backups(&self, t: &Tracked) -> Vec<(File, FileId)> {
+        let mut list: Vec<((i128, i128, usize), File, FileId)> = self
+            .backups(&t.path)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (_, id))| !t.read.contains(id))
+            .filter_map(|(i, (f, id))| {
+                let m = f.metadata().ok().map(|m| mtime(&m))?;
+                (m >= t.floor).then_some(((id.2, m, usize::MAX - i), f, id))
+            })
+            .collect();
+        // Creation order (birth time), then last write, then position: oldest first.
+        list.sort_by_key(|(key, _, _)| *key);
+        list.dedup_by_key(|(_, _, id)| *id);
+        list.into_iter().map(|(_, f, id)| (f, id)).collect()
     }
 
     /// `<path>.1` … `<path>.<backup_count>` (newest first), listed until two listings agree:
@@ -294,10 +322,16 @@ impl Tailer {
                     p.push(format!(".{i}"));
                     open_regular(Path::new(&p))
                 })
-                .collect::<Vec<_>>()
+                .fold(Vec::<(File, FileId)>::new(), |mut v, (f, id)| {
+                    // A file renamed during the listing can be seen under two names.
+                    if !v.iter().any(|(_, seen)| *seen == id) {
+                        v.push((f, id));
+                    }
+                    v
+                })
         };
         let mut last = list();
-        for _ in 0..5 {
+        for _ in 0..50 {
             let again = list();
             let same = again.len() == last.len() && again.iter().zip(&last).all(|(a, b)| a.1 == b.1);
             last = again;
@@ -350,12 +384,12 @@ impl Tailer {
     fn checkpoint(&mut self) {
         let mut now: FxHashMap<String, Position> = self.saved.clone();
         for t in self.files.values() {
-            let Some((_, (dev, ino))) = &t.file else { continue };
+            let Some((_, (dev, ino, birth))) = &t.file else { continue };
             let held = t.splitter.held_raw() as u64;
             let p = if held <= t.offset {
-                Position { dev: *dev, ino: *ino, offset: t.offset - held, partial: String::new() }
+                Position { dev: *dev, ino: *ino, birth: *birth, offset: t.offset - held, partial: String::new() }
             } else {
-                Position { dev: *dev, ino: *ino, offset: t.offset, partial: hex(t.splitter.partial()) }
+                Position { dev: *dev, ino: *ino, birth: *birth, offset: t.offset, partial: hex(t.splitter.partial()) }
             };
             now.insert(relative(t), p);
         }
@@ -387,12 +421,17 @@ fn open_regular(path: &Path) -> Option<(File, FileId)> {
         .open(path)
         .ok()?;
     let m = f.metadata().ok()?;
-    m.is_file().then(|| (f, (m.dev(), m.ino())))
+    m.is_file().then(|| (f, file_id(&m)))
+}
+
+/// Modification time in nanoseconds.
+fn mtime(m: &std::fs::Metadata) -> i128 {
+    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
 }
 
 fn current_id(path: &Path) -> Option<FileId> {
     let m = std::fs::symlink_metadata(path).ok()?;
-    m.is_file().then(|| (m.dev(), m.ino()))
+    m.is_file().then(|| file_id(&m))
 }
 
 fn hex(b: &[u8]) -> String {
