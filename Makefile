@@ -58,6 +58,7 @@ test: venv tools system-tools
 	$(BIN) policy test policies/tests
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
 	$(MAKE) test-deploy
+	$(MAKE) test-container
 
 # the two halves of `test`, for iterating
 test-rust: venv
@@ -73,7 +74,7 @@ bench: venv build
 clean-venv:
 	rm -rf $(VENV)
 
-# Deployment artefacts (Dockerfile, charts/circus-warden), not part of `test`:
+# Deployment artefacts (Dockerfile, charts/circus-warden), both run at the end of `test`:
 #   test-deploy     lint, schema, kubernetes-validate, checkov, hadolint, promtool rule tests and
 #                   a local boot of the rendered pod driven over MCP (tests/deploy/run.sh);
 #   test-container  builds the Dockerfile for real with a local Docker engine and runs the image

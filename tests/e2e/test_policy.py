@@ -279,6 +279,11 @@ def test_explain_policy_matches_what_add_really_sends(conn_factory, clean_circus
     assert sc["command"] == props["cmd"] and sc["args"] == props["args"], (sc, props)
     opts = watcher_options(ep, name)
     assert opts["cmd"] == props["cmd"] and list(opts["args"]) == props["args"], opts
+    # circusd's `options` does not echo stream settings; the files circus opened show them.
+    streams = {k: props["options"].pop(k) for k in ("stdout_stream", "stderr_stream")}
+    for key, stream in streams.items():
+        assert stream["class"] == "FileStream" and stream["filename"].endswith(f"/{name}/{key[:6]}.log"), stream
+        wait_for(lambda: Path(stream["filename"]).is_file(), 10, what=f"circus to open {stream['filename']}")
     mismatched = {k: (v, opts.get(k)) for k, v in props["options"].items()
                   if not (close(v, opts.get(k)) if not isinstance(v, dict) else v == opts.get(k))}
     assert not mismatched, f"circusd's options differ from would_send: {mismatched}"
