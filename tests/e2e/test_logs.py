@@ -911,3 +911,22 @@ def test_alert_rules_fire_fold_and_count(start, workroot):
     assert metric_value(text, "circus_warden_log_alerts_total", watcher=b, rule="warn-rate") == 0
     assert metric_value(text, "circus_warden_log_alerts_total", rule="critical-line") == 0, \
         "configured rules replace the default ones"
+
+
+# --------------------------------------------------------------------------- truncation
+
+
+def test_truncation_in_place_reads_the_new_content(start):
+    """A file truncated in place (copytruncate-style, or a process reopening it with O_TRUNC) is
+    read again from its start: the new lines arrive, the old ones are not read twice. The file
+    is written by the test itself: the tailer follows any watcher directory under output.dir."""
+    w, c = start("trunc")
+    d = out_dir(w) / "trunc-file"
+    d.mkdir()
+    f = d / "stdout.log"
+    f.write_bytes(b"".join(b"before %d\n" % i for i in range(100)))
+    wait_text(c, "trunc-file", "before 99")
+    f.write_bytes(b"after 0\n")
+    wait_text(c, "trunc-file", "after 0")
+    texts = [e["text"] for e in ok(c.call_tool("get_logs", {"name": "trunc-file", "limit": 1000}))["entries"]]
+    assert texts == [f"before {i}" for i in range(100)] + ["after 0"], texts[-5:]
