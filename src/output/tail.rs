@@ -133,10 +133,7 @@ impl Tailer {
             };
             busy = match woke {
                 Wake::Dirs(dirs) if !busy => self.poll_all(Some(&dirs)),
-                Wake::Rescan => {
-                    self.scan();
-                    self.poll_all(None)
-                }
+                // A timeout, a rescan, or a busy round: look at everything.
                 _ => {
                     self.scan();
                     self.poll_all(None)
