@@ -535,7 +535,9 @@ mod tests {
     fn unknown_key_names_file_and_key() {
         let f = write("circus:\n  endpont: tcp://127.0.0.1:5555\n");
         let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err().to_string();
-        assert!(err.contains(&f.path().display().to_string()), "{err}");
+        // figment may show the path relative to the working directory: match the file name.
+        let file = f.path().file_name().unwrap().to_string_lossy().into_owned();
+        assert!(err.contains(&file), "{err}");
         assert!(err.contains("endpont"), "{err}");
     }
 
