@@ -204,21 +204,6 @@ fn split_classify(path: &Path, c: &Classifier) -> u64 {
     lines
 }
 
-fn splitter_feed(path: &Path, c: &Classifier) -> u64 {
-    let mut buf = vec![0u8; READ];
-    let mut s = Splitter::new(Stream::Stdout, MAX_LINE);
-    let mut lines = 0u64;
-    each_read(path, &mut buf, |b| {
-        let mut out = Output::default();
-        s.feed(b, c, &mut out);
-        lines += out.lines.len() as u64;
-        black_box(out);
-    });
-    let mut out = Output::default();
-    s.flush(c, &mut out);
-    lines + out.lines.len() as u64
-}
-
 fn logs() -> Logs {
     let caps = Caps { stream: STREAM_CAP, global: GLOBAL_CAP, max_watchers: MAX_WATCHERS };
     let alerting = Alerting::new(&default_rules(), 256).expect("the default rules compile");
@@ -226,8 +211,9 @@ fn logs() -> Logs {
     Logs::new(store, ReadLimits { max_entries: 1000, max_bytes: 1 << 20, max_followers: 16, notify_interval: Duration::from_secs(1) })
 }
 
-/// The real path; `logs` is fresh for each run (its statistics are cumulative).
-fn full(path: &Path, c: &Classifier, logs: &Logs) -> u64 {
+/// The real path; `logs` is fresh for each run (its statistics are cumulative). Without
+/// `logs`, the splitter's output is dropped (the "splitter.feed" row).
+fn full(path: &Path, c: &Classifier, logs: Option<&Logs>) -> u64 {
     let mut buf = vec![0u8; READ];
     let mut s = Splitter::new(Stream::Stdout, MAX_LINE);
     let mut lines = 0u64;
@@ -235,13 +221,20 @@ fn full(path: &Path, c: &Classifier, logs: &Logs) -> u64 {
         let mut out = Output::default();
         s.feed(b, c, &mut out);
         lines += out.lines.len() as u64;
-        logs.push(WATCHER, Stream::Stdout, out.lines, out.dropped, now_ms());
+        store(logs, out);
     });
     let mut out = Output::default();
     s.flush(c, &mut out);
     lines += out.lines.len() as u64;
-    logs.push(WATCHER, Stream::Stdout, out.lines, out.dropped, now_ms());
+    store(logs, out);
     lines
+}
+
+fn store(logs: Option<&Logs>, out: Output) {
+    match logs {
+        Some(logs) => logs.push(WATCHER, Stream::Stdout, out.lines, out.dropped, now_ms()),
+        None => drop(black_box(out)),
+    }
 }
 
 struct Row {
@@ -299,12 +292,12 @@ fn main() -> ExitCode {
         rows.push(best_of(runs, "split+classify", || timed(|| split_classify(&path, &classifier))));
     }
     if want("splitter.feed") {
-        rows.push(best_of(runs, "splitter.feed", || timed(|| splitter_feed(&path, &classifier))));
+        rows.push(best_of(runs, "splitter.feed", || timed(|| full(&path, &classifier, None))));
     }
     let mut summaries = Vec::new();
     rows.push(best_of(runs, "full", || {
         let logs = logs();
-        let (took, n) = timed(|| full(&path, &classifier, &logs));
+        let (took, n) = timed(|| full(&path, &classifier, Some(&logs)));
         let store = logs.lock();
         let summary = store.summary(WATCHER, now_ms()).expect("the bench watcher has output");
         summaries.push((summary.lines, summary.levels.clone(), summary.buffer.bytes, summary.buffer.entries, summary.buffer.evicted_lines, store.held()));

@@ -110,6 +110,8 @@ struct State {
     logs: Logs,
     name: String,
     p: Params,
+    /// The backlog's query; its level and text filters apply to what follows too.
+    q: Query,
     cursor: Cursor,
     rx: watch::Receiver<u64>,
     backlog: Option<Vec<Entry>>,
@@ -118,10 +120,6 @@ struct State {
 }
 
 impl State {
-    fn keep(&self, e: &Entry) -> bool {
-        self.p.level.is_none_or(|l| e.level >= l) && self.p.contains.as_ref().is_none_or(|c| e.text.contains(c.as_str()))
-    }
-
     fn frame(&self, kind: &str, value: serde_json::Value, out: &mut Vec<u8>) {
         if self.p.sse {
             out.extend_from_slice(format!("event: {kind}\ndata: ").as_bytes());
@@ -136,7 +134,7 @@ impl State {
     }
 
     fn entries(&self, entries: Vec<Entry>, out: &mut Vec<u8>) {
-        for e in entries.into_iter().filter(|e| self.keep(e)) {
+        for e in entries.into_iter().filter(|e| self.q.matches(e)) {
             self.frame("entry", json!(LogEntry::from(e)), out);
         }
     }
@@ -185,7 +183,7 @@ impl State {
 }
 
 /// Builds the response for an authorized reader.
-pub fn respond(logs: &Logs, open: &Arc<AtomicUsize>, metrics: &crate::metrics::Metrics, name: &str, p: Params) -> Response<Body> {
+pub fn respond(logs: &Logs, open: &Arc<AtomicUsize>, metrics: &crate::metrics::Metrics, name: &str, mut p: Params) -> Response<Body> {
     let slot = if p.follow {
         if open.fetch_add(1, Ordering::Relaxed) >= logs.limits.max_followers {
             open.fetch_sub(1, Ordering::Relaxed);
@@ -201,7 +199,7 @@ pub fn respond(logs: &Logs, open: &Arc<AtomicUsize>, metrics: &crate::metrics::M
         stream: p.stream,
         min_level: p.level,
         since_ms: p.since,
-        contains: p.contains.clone(),
+        contains: p.contains.take(),
         limit,
         max_bytes: logs.limits.max_bytes,
         after: None,
@@ -217,6 +215,7 @@ pub fn respond(logs: &Logs, open: &Arc<AtomicUsize>, metrics: &crate::metrics::M
         logs: logs.clone(),
         name: name.to_string(),
         p,
+        q,
         cursor,
         rx: logs.subscribe(),
         backlog: Some(backlog),

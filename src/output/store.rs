@@ -162,6 +162,13 @@ pub struct Query {
     pub max_bytes: usize,
 }
 
+impl Query {
+    /// The level and text filters (a follower applies them too).
+    pub fn matches(&self, e: &Entry) -> bool {
+        self.min_level.is_none_or(|l| e.level >= l) && self.contains.as_ref().is_none_or(|c| e.text.contains(c.as_str()))
+    }
+}
+
 pub struct Read {
     /// Oldest first.
     pub entries: Vec<Entry>,
@@ -184,6 +191,7 @@ impl Store {
         Store { watchers: FxHashMap::default(), held: 0, caps, alerts, metrics }
     }
 
+    /// Bytes held over all rings (what the global cap bounds).
     pub fn held(&self) -> usize {
         self.held
     }
@@ -333,7 +341,7 @@ impl Store {
         }
     }
 
-    pub fn forget(&mut self, watcher: &str) {
+    fn forget(&mut self, watcher: &str) {
         if let Some(w) = self.watchers.remove(watcher) {
             self.held -= w.held();
             self.alerts.forget(watcher);
@@ -341,13 +349,6 @@ impl Store {
                 m.forget_log_series(watcher);
             }
         }
-    }
-
-    /// Watchers with stored output, and the bytes each holds.
-    pub fn watchers(&self) -> Vec<(String, usize)> {
-        let mut v: Vec<_> = self.watchers.iter().map(|(n, w)| (n.clone(), w.held())).collect();
-        v.sort();
-        v
     }
 
     pub fn last_seq(&self, watcher: &str) -> Option<u64> {
@@ -373,7 +374,7 @@ impl Store {
             if q.after.is_some_and(|a| e.seq <= a) || q.since_ms.is_some_and(|t| e.time_ms < t) {
                 break;
             }
-            if q.before.is_some_and(|b| e.seq >= b) || q.min_level.is_some_and(|l| e.level < l) || q.contains.as_ref().is_some_and(|c| !e.text.contains(c.as_str())) {
+            if q.before.is_some_and(|b| e.seq >= b) || !q.matches(e) {
                 continue;
             }
             if out.len() == q.limit || (bytes + e.text.len() > q.max_bytes && !out.is_empty()) {

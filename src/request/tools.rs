@@ -157,36 +157,25 @@ pub fn action(tool: &str, args: Value) -> Result<Action, ToolError> {
             let a = decode::<SignalArgs>(args)?;
             Action::Signal { name: a.name, signal: a.signal }
         }
-        "list_processes" => {
-            decode::<EmptyArgs>(args)?;
-            Action::Read { tool: tool.into() }
+        read => {
+            check_read_args(read, args)?;
+            Action::Read { tool: read.into() }
         }
-        "get_process_status" => {
-            decode::<NameArgs>(args)?;
-            Action::Read { tool: tool.into() }
-        }
-        "get_process_stats" => {
-            decode::<OptionalNameArgs>(args)?;
-            Action::Read { tool: tool.into() }
-        }
-        "explain_policy" => {
-            decode::<ExplainArgs>(args)?;
-            Action::Read { tool: tool.into() }
-        }
-        "get_logs" => {
-            decode::<GetLogsArgs>(args)?;
-            Action::Read { tool: tool.into() }
-        }
-        "get_log_summary" => {
-            decode::<NameArgs>(args)?;
-            Action::Read { tool: tool.into() }
-        }
-        "list_alerts" => {
-            decode::<ListAlertsArgs>(args)?;
-            Action::Read { tool: tool.into() }
-        }
-        other => Action::Read { tool: other.into() },
     })
+}
+
+/// Decodes a read tool's arguments only to refuse bad ones with the field named (the handler
+/// decodes them again for its own use). An unknown tool is the dispatcher's to refuse.
+fn check_read_args(tool: &str, args: Value) -> Result<(), ToolError> {
+    match tool {
+        "list_processes" => decode::<EmptyArgs>(args).map(drop),
+        "get_process_status" | "get_log_summary" => decode::<NameArgs>(args).map(drop),
+        "get_process_stats" => decode::<OptionalNameArgs>(args).map(drop),
+        "explain_policy" => decode::<ExplainArgs>(args).map(drop),
+        "get_logs" => decode::<GetLogsArgs>(args).map(drop),
+        "list_alerts" => decode::<ListAlertsArgs>(args).map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// Decodes arguments strictly, naming the offending field.
