@@ -72,9 +72,6 @@ struct Tracked {
     last_data: Instant,
     /// Files already read to their end (rotated away), newest last; never read again.
     read: VecDeque<FileId>,
-    /// Backups last written before this (ns) are not this run's to read: a resumed stream's
-    /// older files were read by the previous run.
-    floor: i128,
 }
 
 impl Tracked {
@@ -175,7 +172,6 @@ impl Tailer {
                         splitter: Splitter::new(stream, self.s.max_line),
                         last_data: Instant::now(),
                         read: VecDeque::new(),
-                        floor: 0,
                     });
                 }
             }
@@ -255,9 +251,13 @@ impl Tailer {
         // Rotated while the warden was away: the saved file (if still on disk) from the saved
         // offset, then the newer backups in order, then the current file.
         drop(current);
-        if let Some((mut f, _)) = self.backups(&t.path).into_iter().find(|(_, b)| *b == saved) {
+        let mut list = backups(&t.path, self.s.backup_count);
+        if let Some(at) = list.iter().position(|(_, b)| *b == saved) {
             // Backups older than the saved file were read by the previous run.
-            t.floor = f.metadata().map_or(0, |m| mtime(&m));
+            for (_, id) in list.drain(..at) {
+                t.done(id);
+            }
+            let (mut f, _) = list.swap_remove(0);
             let _ = f.seek(SeekFrom::Start(p.offset));
             self.read_file(t, f, usize::MAX);
         }
@@ -265,14 +265,16 @@ impl Tailer {
         self.catch_up(t);
     }
 
-    /// Reads, oldest first, every backup not read yet (and not older than the stream's floor),
-    /// then opens the current file. Order comes from modification times, not names: circus
-    /// renames backups one by one, so a listing taken during a rotation can miss a file; a
-    /// file missed once is read at the next rotation, late but not lost. The listing is
-    /// repeated after opening, until it shows nothing unread.
+    /// Reads, oldest first, every backup not read yet, then opens the current file. A listing
+    /// taken during a rotation can miss a file (see [`list_backups`]); a file missed once is
+    /// read at the next rotation, late but not lost. The listing is repeated after opening,
+    /// until it shows nothing unread.
     fn catch_up(&mut self, t: &mut Tracked) {
         for _ in 0..16 {
-            let unread = self.unread_backups(t);
+            let (unread, late) = self.unread_backups(t);
+            if late {
+                tracing::warn!(path = %t.path.display(), "a rotated output file was missed by an earlier listing; its lines are stored late, out of order");
+            }
             let progressed = !unread.is_empty();
             for (f, id) in unread {
                 self.read_file(t, f, usize::MAX);
@@ -281,7 +283,7 @@ impl Tailer {
             // No current file yet (circus renamed it and has not reopened): the next poll
             // catches up again.
             let Some((f, id)) = open_regular(&t.path) else { return };
-            if !progressed && self.unread_backups(t).is_empty() {
+            if !progressed && self.unread_backups(t).0.is_empty() {
                 t.file = Some((f, id));
                 t.offset = 0;
                 return;
@@ -292,51 +294,20 @@ impl Tailer {
         t.offset = 0;
     }
 
-    fn unread_backups(&self, t: &Tracked) -> Vec<(File, FileId)> {
-        let mut list: Vec<((i128, i128, usize), File, FileId)> = self
-            .backups(&t.path)
-            .into_iter()
-            .enumerate()
-            .filter(|(_, (_, id))| !t.read.contains(id))
-            .filter_map(|(i, (f, id))| {
-                let m = f.metadata().ok().map(|m| mtime(&m))?;
-                (m >= t.floor).then_some(((id.2, m, usize::MAX - i), f, id))
-            })
-            .collect();
-        // Creation order (birth time), then last write, then position: oldest first.
-        list.sort_by_key(|(key, _, _)| *key);
-        list.dedup_by_key(|(_, _, id)| *id);
-        list.into_iter().map(|(_, f, id)| (f, id)).collect()
-    }
-
-    /// `<path>.1` … `<path>.<backup_count>` (newest first), listed until two listings agree:
-    /// circus renames backups one by one, so one listing can catch it half-way.
-    fn backups(&self, path: &Path) -> Vec<(File, FileId)> {
-        let list = || {
-            (1..=self.s.backup_count + 1)
-                .filter_map(|i| {
-                    let mut p = path.as_os_str().to_owned();
-                    p.push(format!(".{i}"));
-                    open_regular(Path::new(&p))
-                })
-                .fold(Vec::<(File, FileId)>::new(), |mut v, (f, id)| {
-                    // A file renamed during the listing can be seen under two names.
-                    if !v.iter().any(|(_, seen)| *seen == id) {
-                        v.push((f, id));
-                    }
-                    v
-                })
-        };
-        let mut last = list();
-        for _ in 0..50 {
-            let again = list();
-            let same = again.len() == last.len() && again.iter().zip(&last).all(|(a, b)| a.1 == b.1);
-            last = again;
-            if same {
-                break;
+    /// The backups not read yet, oldest first, and whether one of them is older than a file
+    /// already read (an earlier listing missed it).
+    fn unread_backups(&self, t: &Tracked) -> (Vec<(File, FileId)>, bool) {
+        let list = backups(&t.path, self.s.backup_count);
+        let newest_read = list.iter().rposition(|(_, id)| t.read.contains(id));
+        let mut late = false;
+        let mut unread = Vec::new();
+        for (i, (f, id)) in list.into_iter().enumerate() {
+            if !t.read.contains(&id) {
+                late |= newest_read.is_some_and(|r| i < r);
+                unread.push((f, id));
             }
         }
-        last
+        (unread, late)
     }
 
     fn read_file(&mut self, t: &mut Tracked, mut f: File, budget: usize) {
@@ -410,6 +381,43 @@ fn relative(t: &Tracked) -> String {
     format!("{}/{}", t.watcher, t.stream.file_name())
 }
 
+/// The backups, oldest first, listed until two listings agree: a listing that overlaps a
+/// rotation can miss a file, and the next one then differs.
+fn backups(path: &Path, count: u32) -> Vec<(File, FileId)> {
+    let same = |a: &[(File, FileId)], b: &[(File, FileId)]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.1 == y.1);
+    let mut last = list_backups(path, count);
+    for _ in 0..50 {
+        let again = list_backups(path, count);
+        let agree = same(&again, &last);
+        last = again;
+        if agree {
+            break;
+        }
+    }
+    last
+}
+
+/// `<path>.<count+1>` … `<path>.1`: the backups, oldest first, in one pass. circus rotates by
+/// renaming `.k` to `.k+1` from the top down, so a file only ever moves to a higher number.
+/// Listing from the top down therefore never shows an older file after a newer one (a file
+/// seen at `.j` and another seen later at `.i < j` was newer all along); it can miss a file
+/// that moves past the listing, never invert two. Timestamps cannot order them: rotations
+/// come faster than the filesystem's clock ticks.
+fn list_backups(path: &Path, count: u32) -> Vec<(File, FileId)> {
+    let mut out: Vec<(File, FileId)> = Vec::new();
+    for i in (1..=count + 1).rev() {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{i}"));
+        if let Some((f, id)) = open_regular(Path::new(&p)) {
+            // Never twice, whatever renames a writer other than circus does.
+            if !out.iter().any(|(_, seen)| *seen == id) {
+                out.push((f, id));
+            }
+        }
+    }
+    out
+}
+
 /// Opens a regular file without following symlinks or blocking on a FIFO.
 fn open_regular(path: &Path) -> Option<(File, FileId)> {
     let f = std::fs::OpenOptions::new()
@@ -419,11 +427,6 @@ fn open_regular(path: &Path) -> Option<(File, FileId)> {
         .ok()?;
     let m = f.metadata().ok()?;
     m.is_file().then(|| (f, file_id(&m)))
-}
-
-/// Modification time in nanoseconds.
-fn mtime(m: &std::fs::Metadata) -> i128 {
-    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
 }
 
 fn current_id(path: &Path) -> Option<FileId> {
@@ -534,5 +537,58 @@ impl Inotify {
         } else {
             Wake::Dirs(dirs)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A second thread rotates like circus's FileStream (`.k` → `.k+1` from the top down, then
+    /// the file → `.1`, each file holding its sequence number) while this one lists: every
+    /// listing is oldest first. A bounded race, not a mock: the renames are real.
+    #[test]
+    fn a_listing_during_rotations_never_inverts_two_files() {
+        const COUNT: u32 = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout.log");
+        std::fs::write(&path, "0").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let rotator = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let name = |i: u32| PathBuf::from(format!("{}.{i}", path.display()));
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for i in (1..COUNT).rev() {
+                        if name(i).exists() {
+                            std::fs::rename(name(i), name(i + 1)).unwrap();
+                        }
+                    }
+                    std::fs::rename(&path, name(1)).unwrap();
+                    seq += 1;
+                    std::fs::File::create(&path).unwrap().write_all(seq.to_string().as_bytes()).unwrap();
+                }
+                seq
+            })
+        };
+        let (mut listings, mut files) = (0, 0);
+        for _ in 0..20_000 {
+            let seqs: Vec<u64> = list_backups(&path, COUNT)
+                .into_iter()
+                .map(|(mut f, _)| {
+                    let mut s = String::new();
+                    f.read_to_string(&mut s).unwrap();
+                    s.parse().unwrap()
+                })
+                .collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "listed out of order: {seqs:?}");
+            listings += 1;
+            files += seqs.len();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let rotations = rotator.join().unwrap();
+        assert!(rotations > 100 && files > listings, "the race did not happen: {rotations} rotations, {files} files in {listings} listings");
     }
 }
