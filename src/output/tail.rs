@@ -195,14 +195,14 @@ impl Tailer {
 
     fn poll(&mut self, t: &mut Tracked) -> bool {
         let current = open_regular(&t.path);
-        match (&t.file, current) {
+        let behind = match (&t.file, current) {
             (None, Some((f, id))) => match self.saved.remove(&relative(t)) {
                 Some(p) => self.resume(t, p, f, id),
-                // A new stream, or one caught between a rename and its new file: read the
-                // backups not read yet (a fast writer may have rotated already), then the file.
+                // A new stream, or one caught between a rename and its new file (or still
+                // catching up): read the backups not read yet, then the file.
                 None => {
                     drop(f);
-                    self.catch_up(t);
+                    self.catch_up(t)
                 }
             },
             (None, None) => return false,
@@ -213,7 +213,7 @@ impl Tailer {
                     self.read_file(t, f, usize::MAX);
                 }
                 t.done(old);
-                self.catch_up(t);
+                self.catch_up(t)
             }
             (Some((cur, _)), Some(_)) => {
                 if cur.metadata().is_ok_and(|m| m.len() < t.offset) {
@@ -224,10 +224,11 @@ impl Tailer {
                     }
                     t.offset = 0;
                 }
+                false
             }
-            (Some(_), None) => {}
-        }
-        let Some((mut f, id)) = t.file.take() else { return false };
+            (Some(_), None) => false,
+        };
+        let Some((mut f, id)) = t.file.take() else { return behind };
         let (read, more) = self.read_some(t, &mut f, TURN);
         t.offset += read as u64;
         t.file = Some((f, id));
@@ -235,7 +236,7 @@ impl Tailer {
     }
 
     /// Picks up where a previous run stopped, from the saved position of this stream.
-    fn resume(&mut self, t: &mut Tracked, p: Position, current: File, id: FileId) {
+    fn resume(&mut self, t: &mut Tracked, p: Position, current: File, id: FileId) -> bool {
         if let Some(partial) = unhex(&p.partial) {
             t.splitter.restore_partial(partial);
         }
@@ -246,7 +247,7 @@ impl Tailer {
             t.offset = if p.offset <= len { p.offset } else { 0 };
             let _ = f.seek(SeekFrom::Start(t.offset));
             t.file = Some((f, id));
-            return;
+            return false;
         }
         // Rotated while the warden was away: the saved file (if still on disk) from the saved
         // offset, then the newer backups in order, then the current file.
@@ -262,14 +263,16 @@ impl Tailer {
             self.read_file(t, f, usize::MAX);
         }
         t.done(saved);
-        self.catch_up(t);
+        self.catch_up(t)
     }
 
     /// Reads, oldest first, every backup not read yet, then opens the current file. A listing
     /// taken during a rotation can miss a file (see [`list_backups`]); a file missed once is
     /// read at the next rotation, late but not lost. The listing is repeated after opening,
-    /// until it shows nothing unread.
-    fn catch_up(&mut self, t: &mut Tracked) {
+    /// until it shows nothing unread. Returns true when circus kept rotating through a whole
+    /// turn: the stream is left without a current file, and the next round (at once) goes on
+    /// from the backups, so nothing is skipped and the other streams get their turn.
+    fn catch_up(&mut self, t: &mut Tracked) -> bool {
         for _ in 0..16 {
             let (unread, late) = self.unread_backups(t);
             if late {
@@ -282,16 +285,14 @@ impl Tailer {
             }
             // No current file yet (circus renamed it and has not reopened): the next poll
             // catches up again.
-            let Some((f, id)) = open_regular(&t.path) else { return };
+            let Some((f, id)) = open_regular(&t.path) else { return false };
             if !progressed && self.unread_backups(t).0.is_empty() {
                 t.file = Some((f, id));
                 t.offset = 0;
-                return;
+                return false;
             }
         }
-        tracing::warn!(path = %t.path.display(), "output files kept rotating while being caught up; continuing with the newest");
-        t.file = open_regular(&t.path);
-        t.offset = 0;
+        true
     }
 
     /// The backups not read yet, oldest first, and whether one of them is older than a file
