@@ -53,6 +53,7 @@ system-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }
 
 test: venv tools system-tools
+	cargo fmt --check
 	$(VENV_PATH) cargo test --release
 	cargo build --release
 	$(BIN) policy test policies/tests

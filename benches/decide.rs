@@ -9,10 +9,12 @@ use std::path::PathBuf;
 
 use circus_warden::policy::decide::decide;
 use circus_warden::policy::{Action, AddRequest, Facts, Policy, Request, Target};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 
 fn policy(n: usize) -> Policy {
-    let mut y = String::from("version: 1\nenv: [LANG]\nworking_dirs: [/srv]\noptions:\n  graceful_timeout: {min: 1, max: 60, default: 10}\nprograms:\n");
+    let mut y = String::from(
+        "version: 1\nenv: [LANG]\nworking_dirs: [/srv]\noptions:\n  graceful_timeout: {min: 1, max: 60, default: 10}\nprograms:\n",
+    );
     for i in (0..100).rev().take(n) {
         y.push_str(&format!(
             "  - id: app{i}\n    path: /opt/app{i}/bin/*\n    env: [PORT]\n    args:\n      positional:\n        - match: \"/srv/app{i}/**/*.py\"\n          path: true\n      min_positional: 1\n      flags:\n        --port: {{value: {{match: \"[0-9]*\"}}}}\n        --workers: {{value: {{match: \"[1-8]\"}}}}\n      deny: [\"-c*\"]\n"
@@ -57,7 +59,8 @@ fn bench(c: &mut Criterion) {
     bad_facts.paths.insert("/etc/passwd".into(), Ok(PathBuf::from("/etc/passwd")));
     assert!(!decide(&p, &bad_req, &bad_facts).allow, "the denied request must be denied");
     let stop = Request { identity: "local".into(), action: Action::Stop { name: "web-1".into() } };
-    let stop_facts = Facts { target: Some(Target { exists: true, owner: Some("local".into()), num_processes: 2, command: None }), ..Facts::default() };
+    let stop_facts =
+        Facts { target: Some(Target { exists: true, owner: Some("local".into()), num_processes: 2, command: None }), ..Facts::default() };
     assert!(decide(&p, &stop, &stop_facts).allow);
 
     c.bench_function("decide/add allowed, 100 programs", |b| b.iter(|| decide(black_box(&p), black_box(&ok_req), black_box(&ok_facts))));

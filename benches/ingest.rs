@@ -28,11 +28,11 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use circus_warden::metrics::Metrics;
-use circus_warden::output::alerts::{default_rules, Alerting};
+use circus_warden::output::alerts::{Alerting, default_rules};
 use circus_warden::output::classify::{Classifier, Level};
 use circus_warden::output::lines::{Output, Splitter};
 use circus_warden::output::store::{Caps, Store};
-use circus_warden::output::{now_ms, Logs, ReadLimits, Stream};
+use circus_warden::output::{Logs, ReadLimits, Stream, now_ms};
 
 const LINE: usize = 100;
 const READ: usize = 64 << 10;
@@ -300,7 +300,14 @@ fn main() -> ExitCode {
         let (took, n) = timed(|| full(&path, &classifier, Some(&logs)));
         let store = logs.lock();
         let summary = store.summary(WATCHER, now_ms()).expect("the bench watcher has output");
-        summaries.push((summary.lines, summary.levels.clone(), summary.buffer.bytes, summary.buffer.entries, summary.buffer.evicted_lines, store.held()));
+        summaries.push((
+            summary.lines,
+            summary.levels.clone(),
+            summary.buffer.bytes,
+            summary.buffer.entries,
+            summary.buffer.evicted_lines,
+            store.held(),
+        ));
         drop(store);
         // Freeing the store is outside the timed region.
         drop(logs);
@@ -311,7 +318,11 @@ fn main() -> ExitCode {
     let mib_s = |r: &Row| size as f64 / (1 << 20) as f64 / r.best.as_secs_f64();
     let wc_mib_s = mib_s(&rows[0]);
     println!();
-    println!("ingest: {:.0} MiB, {} lines of {LINE} bytes, {READ} B reads, best of {runs}, single thread", size as f64 / (1 << 20) as f64, wc);
+    println!(
+        "ingest: {:.0} MiB, {} lines of {LINE} bytes, {READ} B reads, best of {runs}, single thread",
+        size as f64 / (1 << 20) as f64,
+        wc
+    );
     println!("{:<16} {:>10} {:>10} {:>13} {:>9} {:>9}", "path", "best", "MiB/s", "lines/s", "ns/line", "vs wc -l");
     for r in &rows {
         let secs = r.best.as_secs_f64();

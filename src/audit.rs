@@ -169,13 +169,7 @@ pub fn now_rfc3339() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
 }
 
 #[cfg(test)]
@@ -188,9 +182,17 @@ mod tests {
 
     fn record(a: &Audit, id: &str) -> std::io::Result<()> {
         a.decision(&DecisionRecord {
-            kind: "decision", id, time: now_rfc3339(), identity: "local", tool: "stop_process",
-            request: serde_json::json!({"name": "w"}), decision: "allow", rules: &[], violations: &[],
-            policy_generation: 1, policy_hash: "h",
+            kind: "decision",
+            id,
+            time: now_rfc3339(),
+            identity: "local",
+            tool: "stop_process",
+            request: serde_json::json!({"name": "w"}),
+            decision: "allow",
+            rules: &[],
+            violations: &[],
+            policy_generation: 1,
+            policy_hash: "h",
         })
     }
 
@@ -202,7 +204,11 @@ mod tests {
         std::thread::scope(|s| {
             for t in 0..8 {
                 let a = a.clone();
-                s.spawn(move || for i in 0..250 { record(&a, &format!("{t}-{i}")).unwrap() });
+                s.spawn(move || {
+                    for i in 0..250 {
+                        record(&a, &format!("{t}-{i}")).unwrap()
+                    }
+                });
             }
         });
         let text = std::fs::read_to_string(&path).unwrap();

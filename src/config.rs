@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized};
 use figment::Figment;
+use figment::providers::{Env, Format, Serialized};
 use serde::{Deserialize, Serialize};
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
@@ -431,9 +431,10 @@ impl Config {
         if let Some(f) = overrides.log_format {
             cli = cli.merge(Serialized::default("log.format", f));
         }
-        let config: Config = figment.merge(cli).extract().map_err(|e| {
-            ConfigError(e.into_iter().map(|e| describe_figment_error(&e)).collect::<Vec<_>>().join("\n"))
-        })?;
+        let config: Config = figment
+            .merge(cli)
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(|e| describe_figment_error(&e)).collect::<Vec<_>>().join("\n")))?;
         let source = file.as_ref().map_or("config".to_string(), |p| p.display().to_string());
         config.validate().map_err(|e| ConfigError(describe_validation(&source, &e)))?;
         Ok(config)
@@ -476,12 +477,9 @@ fn describe_validation(source: &str, errors: &ValidationErrors) -> String {
                 ValidationErrorsKind::Field(list) => {
                     for e in list {
                         let detail = e.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default();
-                        let bounds: Vec<String> = ["min", "max"]
-                            .iter()
-                            .filter_map(|k| e.params.get(*k).map(|v| format!("{k}={v}")))
-                            .collect();
-                        let bounds =
-                            if bounds.is_empty() { String::new() } else { format!(" ({})", bounds.join(", ")) };
+                        let bounds: Vec<String> =
+                            ["min", "max"].iter().filter_map(|k| e.params.get(*k).map(|v| format!("{k}={v}"))).collect();
+                        let bounds = if bounds.is_empty() { String::new() } else { format!(" ({})", bounds.join(", ")) };
                         out.push(format!("{key}: rule `{}`{bounds}{detail}", e.code));
                     }
                 }
@@ -513,7 +511,6 @@ fn validate_endpoint(endpoint: &str) -> Result<(), validator::ValidationError> {
             .with_message("must be tcp://HOST:PORT or ipc:///absolute/path (under 100 bytes)".into()))
     }
 }
-
 
 #[cfg(test)]
 mod tests {

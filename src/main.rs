@@ -171,7 +171,7 @@ fn main() -> ExitCode {
 }
 
 fn policy_command(cmd: PolicyCmd) -> ExitCode {
-    use circus_warden::policy::{cases, decide::decide, facts, Facts, Policy, Request, Target};
+    use circus_warden::policy::{Facts, Policy, Request, Target, cases, decide::decide, facts};
     match cmd {
         PolicyCmd::Check { files } => {
             let mut failed = false;

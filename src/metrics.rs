@@ -2,9 +2,7 @@
 //! cheap clones passed to the component that records them. Every series is listed in
 //! docs/metrics.md.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 const NS: &str = "circus_warden";
 
@@ -108,7 +106,12 @@ impl Metrics {
                     .expect("valid metric"),
             ),
             rate_limited: counter(&r, "rate_limited_total", "Mutating calls refused by an identity's rate limit.", &["identity", "tool"]),
-            log_lines: counter(&r, "log_lines_total", "Output entries read, by watcher and level (a grouped traceback is one).", &["watcher", "level"]),
+            log_lines: counter(
+                &r,
+                "log_lines_total",
+                "Output entries read, by watcher and level (a grouped traceback is one).",
+                &["watcher", "level"],
+            ),
             log_bytes: counter(&r, "log_bytes_total", "Output text bytes read, by watcher and level.", &["watcher", "level"]),
             log_dropped_bytes: counter(
                 &r,
@@ -122,10 +125,25 @@ impl Metrics {
                 "Stored entries evicted to stay under a cap, by watcher and cause (stream_cap or global_cap).",
                 &["watcher", "cause"],
             ),
-            log_evicted_bytes: counter(&r, "log_evicted_bytes_total", "Text bytes of evicted entries, by watcher and cause.", &["watcher", "cause"]),
-            log_buffer_bytes: gauge_vec(&r, "log_buffer_bytes", "Bytes held for a watcher's output (both streams, overhead included).", &["watcher"]),
+            log_evicted_bytes: counter(
+                &r,
+                "log_evicted_bytes_total",
+                "Text bytes of evicted entries, by watcher and cause.",
+                &["watcher", "cause"],
+            ),
+            log_buffer_bytes: gauge_vec(
+                &r,
+                "log_buffer_bytes",
+                "Bytes held for a watcher's output (both streams, overhead included).",
+                &["watcher"],
+            ),
             log_buffer_limit: gauge_vec(&r, "log_buffer_limit_bytes", "The configured caps: per stream and global.", &["scope"]),
-            log_alerts: counter(&r, "log_alerts_total", "Log alert firings, by watcher, rule and severity.", &["watcher", "rule", "severity"]),
+            log_alerts: counter(
+                &r,
+                "log_alerts_total",
+                "Log alert firings, by watcher, rule and severity.",
+                &["watcher", "rule", "severity"],
+            ),
             log_followers: gauge(&r, "log_followers", "Open GET /logs/{name}?follow=true streams."),
             log_follow_skipped: register(
                 &r,

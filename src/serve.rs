@@ -1,26 +1,26 @@
 //! `circus-warden serve`: wires circusd (external or embedded), the client, the process view,
 //! the gate and the chosen transport together, and shuts them down in order.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::Audit;
 use crate::circus::client::Limits;
-use crate::circus::events::{follow, CrashLoop, ProcessView};
-use crate::circus::supervisor::{find_circusd, supervise, Layout};
+use crate::circus::events::{CrashLoop, ProcessView, follow};
+use crate::circus::supervisor::{Layout, find_circusd, supervise};
 use crate::circus::{CircusClient, Command, Endpoints};
 use crate::config::{Config, Transport};
 use crate::mcp::{self, Identity, Server};
 use crate::metrics::Metrics;
 use crate::output::store::{Caps, Store};
-use crate::output::{tail, Files, Logs, ReadLimits};
-use crate::policy::reload::ActivePolicy;
+use crate::output::{Files, Logs, ReadLimits, tail};
 use crate::policy::Policy;
+use crate::policy::reload::ActivePolicy;
 use crate::request::{Gate, Warden};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -38,8 +38,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(control) => Endpoints { control: control.clone(), pubsub: config.circus.pubsub_endpoint.clone() },
         None => {
             let program = find_circusd(config.circus.circusd_path.as_deref()).map_err(anyhow::Error::msg)?;
-            let layout = Layout::create(config.circus.runtime_dir.as_deref())
-                .context("cannot create the private runtime directory for circusd")?;
+            let layout =
+                Layout::create(config.circus.runtime_dir.as_deref()).context("cannot create the private runtime directory for circusd")?;
             tracing::info!(circusd = %program.display(), runtime_dir = %layout.runtime_dir.display(), "starting the embedded circusd");
             let endpoints = layout.endpoints.clone();
             supervisor = Some(tokio::spawn(supervise(program, layout, config.circus.clone(), stop.clone())));
@@ -49,10 +49,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let client = CircusClient::start(&endpoints.control, Limits::from(&config.circus), Some(metrics.circus_call_seconds.clone()))
         .context("cannot start the circus client")?;
-    let crash_loop = CrashLoop {
-        restarts: config.circus.crash_loop_restarts as usize,
-        window_s: f64::from(config.circus.crash_loop_window_s),
-    };
+    let crash_loop =
+        CrashLoop { restarts: config.circus.crash_loop_restarts as usize, window_s: f64::from(config.circus.crash_loop_window_s) };
     let view = ProcessView::new(Some(metrics.clone()), crash_loop);
     let interval = Duration::from_millis(config.circus.reconcile_interval_ms);
     tokio::spawn(follow(client.clone(), endpoints.pubsub.clone(), view.clone(), interval, stop.clone()));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use circus_warden::circus::client::Limits;
 use circus_warden::circus::command::AddOptions;
 use circus_warden::circus::{CircusClient, CircusError, Command, WatcherName};
-use common::{eventually, Circusd};
+use common::{Circusd, eventually};
 use serde_json::json;
 
 fn limits(mutation_ms: u64) -> Limits {
@@ -105,7 +105,9 @@ async fn mutation_that_timed_out_on_a_frozen_circusd_never_runs() {
     circus.signal(libc::SIGCONT);
 
     // Give a stale message every chance to be delivered, then check it was not.
-    assert!(eventually(Duration::from_secs(5), || common::raw_call(&circus.control, "list", json!({}), Duration::from_millis(500)).is_some()));
+    assert!(
+        eventually(Duration::from_secs(5), || common::raw_call(&circus.control, "list", json!({}), Duration::from_millis(500)).is_some())
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!circus.watchers().contains(&"ghost".to_string()), "a timed-out add ran after SIGCONT");
     // And the client works again.
@@ -128,11 +130,18 @@ async fn mutations_retry_while_circusd_holds_its_lock() {
     let stubborn = "trap '' TERM; while true; do sleep 0.1; done";
     let options = AddOptions { numprocesses: 1, extra: vec![("graceful_timeout", json!(2))], ..Default::default() };
     client
-        .call(Command::Add { name: name("stubborn"), cmd: "/bin/sh".into(), args: vec!["-c".into(), stubborn.into()], options, start: true })
+        .call(Command::Add {
+            name: name("stubborn"),
+            cmd: "/bin/sh".into(),
+            args: vec!["-c".into(), stubborn.into()],
+            options,
+            start: true,
+        })
         .await
         .unwrap();
     // Stop it from another client, without waiting, so the lock is held by circusd.
-    let stop = common::raw_call(&circus.control, "stop", json!({"name": "stubborn", "match": "simple", "waiting": false}), Duration::from_secs(5));
+    let stop =
+        common::raw_call(&circus.control, "stop", json!({"name": "stubborn", "match": "simple", "waiting": false}), Duration::from_secs(5));
     assert_eq!(stop.unwrap()["status"], "ok");
     let started = Instant::now();
     client.call(add("after", "/bin/sleep", &["300"], false)).await.unwrap();
@@ -143,7 +152,7 @@ async fn mutations_retry_while_circusd_holds_its_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_events_feed_the_process_view() {
-    use circus_warden::circus::events::{follow, CrashLoop, ProcessView};
+    use circus_warden::circus::events::{CrashLoop, ProcessView, follow};
     let circus = Circusd::start();
     let client = CircusClient::start(&circus.control, limits(10_000), None).unwrap();
     let view = ProcessView::new(None, CrashLoop::default());

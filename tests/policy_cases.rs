@@ -11,10 +11,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use circus_warden::policy::cases::{run_dir, Want};
+use circus_warden::policy::cases::{Want, run_dir};
 
 const TEMPLATES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/policy");
 /// The families that are policy decisions and need several cases each.
@@ -162,8 +162,13 @@ fn policy_cases_cover_the_threat_model() {
     }
     let deny: usize = outcomes.iter().filter(|o| o.want != Want::Allow).count();
     let legit: usize = per_family.get("legit").map_or(0, |c| c.0);
-    println!("  {:<28} {:>4} {:>4}  (deny+invalid {deny}, legit allows {legit}, total {})", "total",
-        per_family.values().map(|c| c.0).sum::<usize>(), per_family.values().map(|c| c.1).sum::<usize>(), outcomes.len());
+    println!(
+        "  {:<28} {:>4} {:>4}  (deny+invalid {deny}, legit allows {legit}, total {})",
+        "total",
+        per_family.values().map(|c| c.0).sum::<usize>(),
+        per_family.values().map(|c| c.1).sum::<usize>(),
+        outcomes.len()
+    );
 
     if deny < MIN_DENY {
         problems.push(format!("only {deny} deny/invalid cases; want at least {MIN_DENY}"));
@@ -172,11 +177,8 @@ fn policy_cases_cover_the_threat_model() {
         problems.push(format!("only {legit} legit allow cases; want at least {MIN_LEGIT}"));
     }
     for n in DECISION_FAMILIES {
-        let count: usize = per_family
-            .iter()
-            .filter(|(f, _)| f.split_once('-').is_some_and(|(k, _)| k == n.to_string()))
-            .map(|(_, (_, d, i))| d + i)
-            .sum();
+        let count: usize =
+            per_family.iter().filter(|(f, _)| f.split_once('-').is_some_and(|(k, _)| k == n.to_string())).map(|(_, (_, d, i))| d + i).sum();
         if count < MIN_PER_FAMILY {
             problems.push(format!("family {n} has {count} cases; want at least {MIN_PER_FAMILY}"));
         }

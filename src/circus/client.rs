@@ -15,8 +15,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::mpsc;
 use std::sync::Arc;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use prometheus::HistogramVec;
@@ -392,9 +392,8 @@ impl Actor {
         for p in late {
             p.finish(Err(CircusError::Unavailable("not sent: still queued behind another mutation at its deadline".into())));
         }
-        let expired = self.mutation.as_ref().is_some_and(|m| {
-            if m.sent { m.pending.call.reply_by <= now } else { m.pending.call.connect_by <= now }
-        });
+        let expired =
+            self.mutation.as_ref().is_some_and(|m| if m.sent { m.pending.call.reply_by <= now } else { m.pending.call.connect_by <= now });
         if expired {
             let m = self.mutation.take().expect("checked");
             let err = if m.sent {

@@ -6,7 +6,7 @@
 //! non-empty `command` and an object `properties`, the only shape circusd handles without
 //! stalling its connection.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::WatcherName;
 
@@ -85,23 +85,58 @@ impl serde::Serialize for AddOptions {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    List { name: Option<WatcherName> },
-    Status { name: Option<WatcherName> },
-    Stats { name: Option<WatcherName> },
-    Options { name: WatcherName },
-    NumProcesses { name: WatcherName },
+    List {
+        name: Option<WatcherName>,
+    },
+    Status {
+        name: Option<WatcherName>,
+    },
+    Stats {
+        name: Option<WatcherName>,
+    },
+    Options {
+        name: WatcherName,
+    },
+    NumProcesses {
+        name: WatcherName,
+    },
     /// Processes across every watcher.
     NumProcessesAll,
     GlobalOptions,
-    Add { name: WatcherName, cmd: String, args: Vec<String>, options: AddOptions, start: bool },
-    Start { name: WatcherName },
-    Stop { name: WatcherName },
-    Restart { name: WatcherName },
-    Reload { name: WatcherName },
-    Rm { name: WatcherName },
-    Incr { name: WatcherName, nb: u32 },
-    Decr { name: WatcherName, nb: u32 },
-    Signal { name: WatcherName, signum: i32 },
+    Add {
+        name: WatcherName,
+        cmd: String,
+        args: Vec<String>,
+        options: AddOptions,
+        start: bool,
+    },
+    Start {
+        name: WatcherName,
+    },
+    Stop {
+        name: WatcherName,
+    },
+    Restart {
+        name: WatcherName,
+    },
+    Reload {
+        name: WatcherName,
+    },
+    Rm {
+        name: WatcherName,
+    },
+    Incr {
+        name: WatcherName,
+        nb: u32,
+    },
+    Decr {
+        name: WatcherName,
+        nb: u32,
+    },
+    Signal {
+        name: WatcherName,
+        signum: i32,
+    },
 }
 
 impl Command {
@@ -236,14 +271,25 @@ mod tests {
 
     #[test]
     fn add_options_are_forced_safe() {
-        let o = AddOptions { numprocesses: 2, env: vec![("A".into(), "1".into())], extra: vec![("graceful_timeout", json!(5))], ..Default::default() };
+        let o = AddOptions {
+            numprocesses: 2,
+            env: vec![("A".into(), "1".into())],
+            extra: vec![("graceful_timeout", json!(5))],
+            ..Default::default()
+        };
         let v = serde_json::to_value(&o).unwrap();
-        assert_eq!(v, json!({"numprocesses": 2, "copy_env": false, "shell": false, "stop_children": true,
-            "close_child_stdin": true, "env": {"A": "1"}, "graceful_timeout": 5}));
+        assert_eq!(
+            v,
+            json!({"numprocesses": 2, "copy_env": false, "shell": false, "stop_children": true,
+            "close_child_stdin": true, "env": {"A": "1"}, "graceful_timeout": 5})
+        );
         let files = OutputFiles { dir: "/var/log/cw/web".into(), max_bytes: 4096, backup_count: 2 };
         let v = serde_json::to_value(AddOptions { output: Some(files), ..o }).unwrap();
-        assert_eq!(v["stderr_stream"], json!({"class": "FileStream", "filename": "/var/log/cw/web/stderr.log",
-            "max_bytes": 4096, "backup_count": 2}));
+        assert_eq!(
+            v["stderr_stream"],
+            json!({"class": "FileStream", "filename": "/var/log/cw/web/stderr.log",
+            "max_bytes": 4096, "backup_count": 2})
+        );
         assert_eq!(v["stdout_stream"]["filename"], "/var/log/cw/web/stdout.log");
     }
 

@@ -62,8 +62,8 @@ impl WatcherView {
     }
 
     fn evaluate(&mut self, now: f64, rule: CrashLoop) {
-        self.crash_looping = self.restart_times.len() >= rule.restarts
-            && self.restart_times.front().is_some_and(|first| now - first <= rule.window_s);
+        self.crash_looping =
+            self.restart_times.len() >= rule.restarts && self.restart_times.front().is_some_and(|first| now - first <= rule.window_s);
     }
 }
 
@@ -237,9 +237,7 @@ fn now() -> f64 {
 }
 
 /// Asks circusd for every watcher's state and pids.
-pub async fn snapshot(
-    client: &CircusClient,
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, BTreeSet<u32>>), super::CircusError> {
+pub async fn snapshot(client: &CircusClient) -> Result<(BTreeMap<String, String>, BTreeMap<String, BTreeSet<u32>>), super::CircusError> {
     let reply = client.call(Command::Status { name: None }).await?;
     let states: BTreeMap<String, String> = reply
         .get("statuses")
@@ -247,10 +245,7 @@ pub async fn snapshot(
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("unknown").to_string())).collect())
         .unwrap_or_default();
     let names: Vec<WatcherName> = states.keys().filter_map(|n| WatcherName::parse(n)).collect();
-    let lists = futures::future::join_all(
-        names.iter().map(|n| client.call(Command::List { name: Some(n.clone()) })),
-    )
-    .await;
+    let lists = futures::future::join_all(names.iter().map(|n| client.call(Command::List { name: Some(n.clone()) }))).await;
     let mut pids = BTreeMap::new();
     for (name, reply) in names.iter().zip(lists) {
         if let Ok(v) = reply {
@@ -262,22 +257,12 @@ pub async fn snapshot(
 
 /// The `pids` of a `list name=…` reply.
 pub fn pid_set(reply: &Value) -> BTreeSet<u32> {
-    reply
-        .get("pids")
-        .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_u64).map(|p| p as u32).collect())
-        .unwrap_or_default()
+    reply.get("pids").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_u64).map(|p| p as u32).collect()).unwrap_or_default()
 }
 
 /// Keeps the view current until `stop`: subscribes to pub/sub (discovering its endpoint from
 /// circusd when not configured) and reconciles every `interval`.
-pub async fn follow(
-    client: CircusClient,
-    pubsub: Option<String>,
-    view: ProcessView,
-    interval: Duration,
-    stop: CancellationToken,
-) {
+pub async fn follow(client: CircusClient, pubsub: Option<String>, view: ProcessView, interval: Duration, stop: CancellationToken) {
     let mut subscribed = false;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

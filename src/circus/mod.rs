@@ -22,8 +22,7 @@ pub struct WatcherName(String);
 
 impl WatcherName {
     pub const MAX_LEN: usize = 64;
-    pub const RULE: &'static str =
-        "1-64 characters from a-z, 0-9, '_' and '-', starting with a letter or digit";
+    pub const RULE: &'static str = "1-64 characters from a-z, 0-9, '_' and '-', starting with a letter or digit";
 
     pub fn parse(s: &str) -> Option<WatcherName> {
         let b = s.as_bytes();

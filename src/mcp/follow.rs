@@ -4,21 +4,21 @@
 //! skips ahead and gets a `skipped` marker with the count.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Response, StatusCode};
+use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::http::{plain, Body};
+use super::http::{Body, plain};
 use crate::output::classify::Level;
 use crate::output::store::{Cursor, Entry, Query};
-use crate::output::{now_ms, parse_since, Logs, Stream};
+use crate::output::{Logs, Stream, now_ms, parse_since};
 use crate::request::logs::LogEntry;
 
 /// Entries sent per body chunk.
@@ -52,11 +52,13 @@ impl Params {
                     "sse" => p.sse = true,
                     _ => return Err("format: ndjson or sse".into()),
                 },
-                "stream" => p.stream = Some(match v.as_str() {
-                    "stdout" => Stream::Stdout,
-                    "stderr" => Stream::Stderr,
-                    _ => return Err("stream: stdout or stderr".into()),
-                }),
+                "stream" => {
+                    p.stream = Some(match v.as_str() {
+                        "stdout" => Stream::Stdout,
+                        "stderr" => Stream::Stderr,
+                        _ => return Err("stream: stdout or stderr".into()),
+                    })
+                }
                 "level" => p.level = Some(Level::from_word(v.as_bytes()).ok_or("level: TRACE, DEBUG, INFO, WARNING, ERROR or CRITICAL")?),
                 "contains" if v.len() <= 256 => p.contains = Some(v),
                 "contains" => return Err("contains: at most 256 bytes".into()),
@@ -160,7 +162,11 @@ impl State {
             let mut out = Vec::new();
             if skipped > 0 {
                 self.skipped_total.inc_by(skipped);
-                self.frame("skipped", json!({ "lines": skipped, "message": "this reader fell behind; these lines were evicted before it read them" }), &mut out);
+                self.frame(
+                    "skipped",
+                    json!({ "lines": skipped, "message": "this reader fell behind; these lines were evicted before it read them" }),
+                    &mut out,
+                );
             }
             self.entries(entries, &mut out);
             if !out.is_empty() {
@@ -222,9 +228,7 @@ pub fn respond(logs: &Logs, open: &Arc<AtomicUsize>, metrics: &crate::metrics::M
         skipped_total: metrics.log_follow_skipped.clone(),
         _slot: slot,
     };
-    let stream = futures::stream::unfold(state, |mut st| async move {
-        st.next().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), st))
-    });
+    let stream = futures::stream::unfold(state, |mut st| async move { st.next().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), st)) });
     let mut r = Response::new(StreamBody::new(stream).boxed());
     let kind = if sse { "text/event-stream" } else { "application/x-ndjson" };
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -24,12 +24,12 @@ use tower_service::Service as _;
 
 use std::sync::atomic::AtomicUsize;
 
-use super::{follow, Identity, Server};
+use super::{Identity, Server, follow};
 use crate::circus::{CircusClient, Command, WatcherName};
-use crate::policy::Action;
-use crate::request::Warden;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::policy::Action;
+use crate::request::Warden;
 
 /// The request head rmcp hands to handlers (they find [`Identity`] in its extensions).
 pub type Parts = http::request::Parts;
@@ -91,10 +91,7 @@ impl Probes {
             },
             "/metrics" => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.encode())).boxed());
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
+                r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
                 r
             }
             _ => return None,
@@ -136,9 +133,7 @@ pub async fn serve(
         followers: Arc::default(),
         allowed_hosts: cfg.allowed_hosts.clone(),
         sessions,
-        tokens: Tokens(
-            cfg.tokens.iter().map(|t| (Sha256::digest(t.token.as_bytes()).into(), Identity(t.identity.clone()))).collect(),
-        ),
+        tokens: Tokens(cfg.tokens.iter().map(|t| (Sha256::digest(t.token.as_bytes()).into(), Identity(t.identity.clone()))).collect()),
         max_body: cfg.max_body_bytes,
         max_sessions: cfg.max_sessions,
         default_identity: cfg.default_identity.clone(),

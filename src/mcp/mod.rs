@@ -7,10 +7,9 @@ mod follow;
 pub mod http;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, GetPromptRequestParams, GetPromptResponse,
-    GetPromptResult, Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
-    ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument, PromptMessage, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role,
+    CallToolRequestParams, CallToolResponse, CallToolResult, GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt, PromptArgument,
+    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate, Role,
     ServerCapabilities, ServerConfig, Tool, ToolAnnotations,
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
@@ -22,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::output::Logs;
 use crate::policy::Action;
-use crate::request::{inspect, logs, tools, ToolError, Warden};
+use crate::request::{ToolError, Warden, inspect, logs, tools};
 
 /// Sends `notify(uri)` for each of `uris` whose watcher has new entries or alerts, at most once
 /// per notify interval, until `stop` or a failed send.
@@ -125,9 +124,7 @@ static TOOL_LIST: std::sync::LazyLock<Vec<Tool>> = std::sync::LazyLock::new(|| {
             Tool::new(t.name, t.description, (t.input_schema)())
                 .with_title(t.title)
                 .with_raw_output_schema((t.output_schema)().into())
-                .with_annotations(
-                    ToolAnnotations::with_title(t.title).read_only(!t.mutates).destructive(t.destructive),
-                )
+                .with_annotations(ToolAnnotations::with_title(t.title).read_only(!t.mutates).destructive(t.destructive))
         })
         .collect()
 });
@@ -146,16 +143,16 @@ impl ServerHandler for Server {
         ServerConfig::new(
             ServerCapabilities::builder().enable_tools().enable_resources().enable_resources_subscribe().enable_prompts().build(),
         )
-            .with_server_info(
-                Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
-                    .with_title("circus-warden")
-                    .with_description(env!("CARGO_PKG_DESCRIPTION")),
-            )
-            .with_instructions(
-                "Manage processes under circus. Every call that changes what runs is checked against the warden's \
+        .with_server_info(
+            Implementation::new(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))
+                .with_title("circus-warden")
+                .with_description(env!("CARGO_PKG_DESCRIPTION")),
+        )
+        .with_instructions(
+            "Manage processes under circus. Every call that changes what runs is checked against the warden's \
                  policy; a denied or failed call returns isError with structuredContent.error {kind, message, \
                  violations}. Read the violations: each names the field, the rule, and what would be allowed.",
-            )
+        )
     }
 
     async fn list_tools(
@@ -170,11 +167,7 @@ impl ServerHandler for Server {
         TOOL_LIST.iter().find(|t| t.name == name).cloned()
     }
 
-    async fn call_tool(
-        &self,
-        request: CallToolRequestParams,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResponse, McpError> {
+    async fn call_tool(&self, request: CallToolRequestParams, ctx: RequestContext<RoleServer>) -> Result<CallToolResponse, McpError> {
         let identity = self.identity(&ctx);
         let started = std::time::Instant::now();
         let result = tools::call(&self.warden, &identity.0, &request.name, request.arguments).await;
@@ -246,11 +239,7 @@ impl ServerHandler for Server {
     }
 
     #[allow(deprecated)]
-    async fn subscribe(
-        &self,
-        request: rmcp::model::SubscribeRequestParams,
-        ctx: RequestContext<RoleServer>,
-    ) -> Result<(), McpError> {
+    async fn subscribe(&self, request: rmcp::model::SubscribeRequestParams, ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
         let uris = self.log_uris(&ctx, std::slice::from_ref(&request.uri)).await?;
         let mut subs = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
         if subs.contains_key(&request.uri) {
@@ -272,11 +261,7 @@ impl ServerHandler for Server {
     }
 
     #[allow(deprecated)]
-    async fn unsubscribe(
-        &self,
-        request: rmcp::model::UnsubscribeRequestParams,
-        _ctx: RequestContext<RoleServer>,
-    ) -> Result<(), McpError> {
+    async fn unsubscribe(&self, request: rmcp::model::UnsubscribeRequestParams, _ctx: RequestContext<RoleServer>) -> Result<(), McpError> {
         if let Some(stop) = self.subscriptions.lock().unwrap_or_else(|p| p.into_inner()).remove(&request.uri) {
             stop.cancel();
         }
@@ -326,11 +311,7 @@ impl ServerHandler for Server {
         )]))
     }
 
-    async fn get_prompt(
-        &self,
-        request: GetPromptRequestParams,
-        _ctx: RequestContext<RoleServer>,
-    ) -> Result<GetPromptResponse, McpError> {
+    async fn get_prompt(&self, request: GetPromptRequestParams, _ctx: RequestContext<RoleServer>) -> Result<GetPromptResponse, McpError> {
         if request.name != "diagnose_process" {
             return Err(McpError::invalid_params(format!("unknown prompt '{}'", request.name), None));
         }
@@ -340,9 +321,8 @@ impl ServerHandler for Server {
             .and_then(|a| a.get("name"))
             .and_then(Value::as_str)
             .ok_or_else(|| McpError::invalid_params("diagnose_process needs the argument 'name'", None))?;
-        let text = inspect::diagnosis(&self.warden, name)
-            .await
-            .map_err(|e| McpError::invalid_params(e.message.clone(), Some(e.to_value())))?;
+        let text =
+            inspect::diagnosis(&self.warden, name).await.map_err(|e| McpError::invalid_params(e.message.clone(), Some(e.to_value())))?;
         Ok(GetPromptResult::new(vec![PromptMessage::new_text(Role::User, text)])
             .with_description(format!("Diagnosis data for watcher '{name}'"))
             .into())

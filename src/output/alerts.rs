@@ -10,8 +10,8 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use validator::Validate;
 
-use super::classify::Level;
 use super::Stream;
+use super::classify::Level;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -155,7 +155,9 @@ impl Alerting {
             let kind = match (&r.level, &r.pattern, &r.rate) {
                 (Some(l), None, None) => Kind::Level(*l),
                 (None, Some(p), None) => Kind::Pattern(Regex::new(p).map_err(|e| format!("{at}.pattern: {e}"))?),
-                (None, None, Some(rate)) => Kind::Rate { level: rate.level, count: rate.count as usize, window_ms: u64::from(rate.window_s) * 1000 },
+                (None, None, Some(rate)) => {
+                    Kind::Rate { level: rate.level, count: rate.count as usize, window_ms: u64::from(rate.window_s) * 1000 }
+                }
                 _ => return Err(format!("{at}: set exactly one of level, pattern and rate")),
             };
             let watchers = match &r.watchers {
@@ -239,11 +241,7 @@ impl Alerting {
 
     /// Recent firings, oldest first, optionally for one watcher and after a time.
     pub fn list(&self, watcher: Option<&str>, since_ms: Option<u64>) -> Vec<Alert> {
-        self.recent
-            .iter()
-            .filter(|a| watcher.is_none_or(|w| a.watcher == w) && since_ms.is_none_or(|t| a.time_ms >= t))
-            .cloned()
-            .collect()
+        self.recent.iter().filter(|a| watcher.is_none_or(|w| a.watcher == w) && since_ms.is_none_or(|t| a.time_ms >= t)).cloned().collect()
     }
 
     /// The newest firing for `watcher` still listed (0 when none).
@@ -266,7 +264,16 @@ mod tests {
     use super::*;
 
     fn rule(id: &str) -> AlertRule {
-        AlertRule { id: id.into(), severity: Severity::Warning, level: None, pattern: None, rate: None, watchers: None, stream: None, cooldown_s: 0 }
+        AlertRule {
+            id: id.into(),
+            severity: Severity::Warning,
+            level: None,
+            pattern: None,
+            rate: None,
+            watchers: None,
+            stream: None,
+            cooldown_s: 0,
+        }
     }
 
     #[test]
@@ -298,7 +305,12 @@ mod tests {
     fn level_and_pattern_rules_respect_scope_and_cooldown() {
         let rules = vec![
             AlertRule { level: Some(Level::Critical), cooldown_s: 5, ..rule("crit") },
-            AlertRule { pattern: Some("(?i)out of memory".into()), watchers: Some("web-*".into()), stream: Some(Stream::Stderr), ..rule("oom") },
+            AlertRule {
+                pattern: Some("(?i)out of memory".into()),
+                watchers: Some("web-*".into()),
+                stream: Some(Stream::Stderr),
+                ..rule("oom")
+            },
         ];
         let mut a = Alerting::new(&rules, 2).unwrap();
         let mut fired = Vec::new();
@@ -321,6 +333,9 @@ mod tests {
         assert!(Alerting::new(&[both], 1).err().unwrap().contains("output.alerts[0] (two): set exactly one"));
         let bad = AlertRule { pattern: Some("(".into()), ..rule("p") };
         assert!(Alerting::new(&[bad], 1).err().unwrap().contains("output.alerts[0] (p).pattern"));
-        assert!(Alerting::new(&[AlertRule { level: Some(Level::Error), ..rule("a") }, AlertRule { level: Some(Level::Error), ..rule("a") }], 1).is_err());
+        assert!(
+            Alerting::new(&[AlertRule { level: Some(Level::Error), ..rule("a") }, AlertRule { level: Some(Level::Error), ..rule("a") }], 1)
+                .is_err()
+        );
     }
 }

@@ -125,9 +125,7 @@ pub struct Classifier {
     defaults: [Level; 2],
 }
 
-const WORDS: &[&str] = &[
-    "TRACE", "DEBUG", "INFO", "NOTICE", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "PANIC",
-];
+const WORDS: &[&str] = &["TRACE", "DEBUG", "INFO", "NOTICE", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "PANIC"];
 
 impl Classifier {
     /// Compiles once; a bad pattern is an error naming its index.

@@ -2,8 +2,8 @@
 //! rotated files), cut lines longer than the cap, decode UTF-8 lossily (a bad byte becomes
 //! U+FFFD, the line is kept), classify, and group a Python traceback with its header line.
 
-use super::classify::{Classifier, Level};
 use super::Stream;
+use super::classify::{Classifier, Level};
 
 /// A finished entry, before it is stamped and stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,8 +23,7 @@ pub struct Output {
 }
 
 const TB_HEADER: &[u8] = b"Traceback (most recent call last):";
-const CHAIN: [&[u8]; 2] =
-    [b"During handling of the above exception", b"The above exception was the direct cause"];
+const CHAIN: [&[u8]; 2] = [b"During handling of the above exception", b"The above exception was the direct cause"];
 
 #[derive(Debug, PartialEq)]
 enum Phase {

@@ -10,10 +10,10 @@ use prometheus::{IntCounter, IntGauge};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 
+use super::Stream;
 use super::alerts::{Alert, Alerting};
 use super::classify::Level;
 use super::lines::Line;
-use super::Stream;
 use crate::metrics::Metrics;
 
 /// One stored entry: a line, or a traceback grouped with its header.
@@ -224,7 +224,14 @@ impl Store {
             ring.text += line.text.len();
             let seq = w.next_seq;
             w.next_seq += 1;
-            ring.entries.push_back(Entry { seq, time_ms, stream, level: line.level, truncated: line.truncated, text: line.text.into_boxed_str() });
+            ring.entries.push_back(Entry {
+                seq,
+                time_ms,
+                stream,
+                level: line.level,
+                truncated: line.truncated,
+                text: line.text.into_boxed_str(),
+            });
         }
         let s = &mut w.stats;
         let total: u64 = n.iter().sum();
@@ -423,9 +430,7 @@ impl Store {
         }
         let mut out = Vec::new();
         while out.len() < max {
-            let next = (0..2)
-                .filter(|&i| pos[i] < w.rings[i].entries.len())
-                .min_by_key(|&i| w.rings[i].entries[pos[i]].seq);
+            let next = (0..2).filter(|&i| pos[i] < w.rings[i].entries.len()).min_by_key(|&i| w.rings[i].entries[pos[i]].seq);
             let Some(i) = next else { break };
             out.push(w.rings[i].entries[pos[i]].clone());
             pos[i] += 1;
@@ -510,7 +515,12 @@ fn note_error(s: &mut Stats, text: &str, time_ms: u64) {
     } else {
         0
     };
-    let t = s.top.entry(sig.clone()).or_insert_with(|| TopError { message: sig, count: inherited, example: String::new(), last_time: String::new() });
+    let t = s.top.entry(sig.clone()).or_insert_with(|| TopError {
+        message: sig,
+        count: inherited,
+        example: String::new(),
+        last_time: String::new(),
+    });
     t.count += 1;
     t.example = super::cut(text, 300).to_string();
     t.last_time = super::rfc3339(time_ms);
@@ -620,7 +630,13 @@ mod tests {
     fn summary_groups_repeated_errors() {
         let mut s = store(1 << 20, 1 << 22);
         for i in 0..5 {
-            s.push("w", Stream::Stderr, vec![Line { text: format!("ERROR timeout after {i}s"), level: Level::Error, truncated: false }], 0, 60_000);
+            s.push(
+                "w",
+                Stream::Stderr,
+                vec![Line { text: format!("ERROR timeout after {i}s"), level: Level::Error, truncated: false }],
+                0,
+                60_000,
+            );
         }
         s.push("w", Stream::Stdout, lines(5, 10, Level::Info), 0, 61_000);
         let sum = s.summary("w", 61_000).unwrap();

@@ -10,8 +10,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::classify::Classifier;
 use super::lines::{Output, Splitter};
-use super::{now_ms, Logs, Stream};
+use super::{Logs, Stream, now_ms};
 use crate::circus::WatcherName;
 
 /// The tailer's knobs, from `output.*`.
@@ -163,16 +163,19 @@ impl Tailer {
                         i.watch(&dir, name.as_str());
                     }
                     let path = dir.join(stream.file_name());
-                    self.files.insert(key, Tracked {
-                        watcher: name.to_string(),
-                        stream,
-                        path,
-                        file: None,
-                        offset: 0,
-                        splitter: Splitter::new(stream, self.s.max_line),
-                        last_data: Instant::now(),
-                        read: VecDeque::new(),
-                    });
+                    self.files.insert(
+                        key,
+                        Tracked {
+                            watcher: name.to_string(),
+                            stream,
+                            path,
+                            file: None,
+                            offset: 0,
+                            splitter: Splitter::new(stream, self.s.max_line),
+                            last_data: Instant::now(),
+                            read: VecDeque::new(),
+                        },
+                    );
                 }
             }
             seen.insert(name.to_string());
@@ -182,8 +185,7 @@ impl Tailer {
 
     /// Reads what is new in every file (or those of `only`); true if a file had more to read.
     fn poll_all(&mut self, only: Option<&FxHashSet<String>>) -> bool {
-        let keys: Vec<(String, Stream)> =
-            self.files.keys().filter(|(w, _)| only.is_none_or(|o| o.contains(w))).cloned().collect();
+        let keys: Vec<(String, Stream)> = self.files.keys().filter(|(w, _)| only.is_none_or(|o| o.contains(w))).cloned().collect();
         let mut more = false;
         for key in keys {
             let Some(mut t) = self.files.remove(&key) else { continue };
@@ -421,11 +423,7 @@ fn list_backups(path: &Path, count: u32) -> Vec<(File, FileId)> {
 
 /// Opens a regular file without following symlinks or blocking on a FIFO.
 fn open_regular(path: &Path) -> Option<(File, FileId)> {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .ok()?;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC).open(path).ok()?;
     let m = f.metadata().ok()?;
     m.is_file().then(|| (f, file_id(&m)))
 }
@@ -533,11 +531,7 @@ impl Inotify {
                 at += header + ev.len as usize;
             }
         }
-        if rescan {
-            Wake::Rescan
-        } else {
-            Wake::Dirs(dirs)
-        }
+        if rescan { Wake::Rescan } else { Wake::Dirs(dirs) }
     }
 }
 
@@ -590,6 +584,9 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         let rotations = rotator.join().unwrap();
-        assert!(rotations > 100 && files > listings, "the race did not happen: {rotations} rotations, {files} files in {listings} listings");
+        assert!(
+            rotations > 100 && files > listings,
+            "the race did not happen: {rotations} rotations, {files} files in {listings} listings"
+        );
     }
 }

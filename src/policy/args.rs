@@ -34,7 +34,13 @@ pub struct ArgShape {
 
 impl ArgRule {
     /// The value to send, or a violation on `field`.
-    fn check(&self, index: usize, value: &str, paths: &FxHashMap<String, Result<PathBuf, String>>, v: &mut Vec<Violation>) -> Option<String> {
+    fn check(
+        &self,
+        index: usize,
+        value: &str,
+        paths: &FxHashMap<String, Result<PathBuf, String>>,
+        v: &mut Vec<Violation>,
+    ) -> Option<String> {
         let field = || format!("args[{index}]");
         let subject = if self.path {
             match paths.get(value) {
@@ -114,16 +120,25 @@ impl ArgShape {
                 };
                 match rule {
                     Some(r) => out.extend(r.check(i, a, paths, v)),
-                    None => v.push(Violation::new(field(), "args.extra", format!(
-                        "no further arguments are allowed after {} positional; allowed flags: {}",
-                        self.positional.len(), self.flag_list()))),
+                    None => v.push(Violation::new(
+                        field(),
+                        "args.extra",
+                        format!(
+                            "no further arguments are allowed after {} positional; allowed flags: {}",
+                            self.positional.len(),
+                            self.flag_list()
+                        ),
+                    )),
                 }
                 i += 1;
                 continue;
             }
             if (pos as u32) < self.min_positional {
-                v.push(Violation::new(field(), "args.positional", format!(
-                    "expected positional argument {} matching {}, not a flag", pos, self.positional[pos].shown)));
+                v.push(Violation::new(
+                    field(),
+                    "args.positional",
+                    format!("expected positional argument {} matching {}, not a flag", pos, self.positional[pos].shown),
+                ));
                 return out;
             }
             let (flag, inline) = match a.split_once('=') {
@@ -131,7 +146,11 @@ impl ArgShape {
                 None => (a.as_str(), None),
             };
             match self.flags.get(flag) {
-                None => v.push(Violation::new(field(), "args.flag", format!("flag {flag:?} is not allowed; allowed flags: {}", self.flag_list()))),
+                None => v.push(Violation::new(
+                    field(),
+                    "args.flag",
+                    format!("flag {flag:?} is not allowed; allowed flags: {}", self.flag_list()),
+                )),
                 Some(None) if inline.is_some() => v.push(Violation::new(field(), "args.flag", format!("flag {flag} takes no value"))),
                 Some(None) => out.push(a.clone()),
                 Some(Some(rule)) => match inline {
@@ -155,8 +174,14 @@ impl ArgShape {
             i += 1;
         }
         if (pos as u32) < self.min_positional {
-            v.push(Violation::new("args", "args.positional", format!(
-                "expected at least {} positional arguments; missing one matching {}", self.min_positional, self.positional[pos].shown)));
+            v.push(Violation::new(
+                "args",
+                "args.positional",
+                format!(
+                    "expected at least {} positional arguments; missing one matching {}",
+                    self.min_positional, self.positional[pos].shown
+                ),
+            ));
         }
         out
     }

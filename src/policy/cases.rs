@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{decide::decide, facts, Action, Decision, Facts, Policy, Request, Target};
+use super::{Action, Decision, Facts, Policy, Request, Target, decide::decide, facts};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,7 +109,14 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 fn run_case(policy: &Policy, file: &str, case: Case) -> Outcome {
-    let mut outcome = Outcome { file: file.to_string(), name: case.name.clone(), family: case.family.clone(), want: case.want, decision: None, failure: None };
+    let mut outcome = Outcome {
+        file: file.to_string(),
+        name: case.name.clone(),
+        family: case.family.clone(),
+        want: case.want,
+        decision: None,
+        failure: None,
+    };
     let action = match (action(&case.tool, case.arguments), case.want) {
         (Err(_), Want::Invalid) => return outcome,
         (Ok(a), Want::Invalid) => {

@@ -16,14 +16,60 @@ use crate::circus::signal_number;
 /// Environment variables that load code or redirect trust. A policy that allows one does not
 /// compile, and a request that sets one is denied.
 pub const DENIED_ENV: &[&str] = &[
-    "PATH", "HOME", "SHELL", "IFS", "ENV", "BASH_ENV", "CDPATH", "PS4", "PROMPT_COMMAND", "NODE_OPTIONS",
-    "NODE_PATH", "NODE_EXTRA_CA_CERTS", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE",
-    "PYTHONINSPECT", "PYTHONBREAKPOINT", "PERL5OPT", "PERL5LIB", "PERLLIB", "PERL5DB", "RUBYOPT", "RUBYLIB",
-    "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JDK_JAVA_OPTIONS", "CLASSPATH", "OPENSSL_CONF", "OPENSSL_ENGINES",
-    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSH_COMMAND", "GIT_SSH",
-    "GIT_ASKPASS", "GIT_EXEC_PATH", "GIT_CONFIG", "SSH_ASKPASS", "EDITOR", "VISUAL", "PAGER", "TMPDIR",
-    "GCONV_PATH", "LOCPATH", "HOSTALIASES", "RESOLV_HOST_CONF", "MALLOC_CHECK_", "XDG_CONFIG_HOME",
-    "XDG_DATA_HOME", "ZDOTDIR", "INPUTRC", "TERMINFO",
+    "PATH",
+    "HOME",
+    "SHELL",
+    "IFS",
+    "ENV",
+    "BASH_ENV",
+    "CDPATH",
+    "PS4",
+    "PROMPT_COMMAND",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "NODE_EXTRA_CA_CERTS",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONUSERBASE",
+    "PYTHONINSPECT",
+    "PYTHONBREAKPOINT",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "PERL5DB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+    "JDK_JAVA_OPTIONS",
+    "CLASSPATH",
+    "OPENSSL_CONF",
+    "OPENSSL_ENGINES",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSH_COMMAND",
+    "GIT_SSH",
+    "GIT_ASKPASS",
+    "GIT_EXEC_PATH",
+    "GIT_CONFIG",
+    "SSH_ASKPASS",
+    "EDITOR",
+    "VISUAL",
+    "PAGER",
+    "TMPDIR",
+    "GCONV_PATH",
+    "LOCPATH",
+    "HOSTALIASES",
+    "RESOLV_HOST_CONF",
+    "MALLOC_CHECK_",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "ZDOTDIR",
+    "INPUTRC",
+    "TERMINFO",
 ];
 pub const DENIED_ENV_PREFIXES: &[&str] =
     &["LD_", "DYLD_", "GIT_CONFIG", "CIRCUS", "PYTHON", "NODE_", "NPM_CONFIG_", "GLIBC_", "BASH_FUNC_", "PERL", "RUBY"];
@@ -193,9 +239,7 @@ fn env_names(list: &[Text], field: &str, e: &mut Errors) -> HashSet<String> {
     for (i, t) in list.iter().enumerate() {
         let f = format!("{field}[{i}]");
         let b = t.value.as_bytes();
-        let ok = !b.is_empty()
-            && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let ok = !b.is_empty() && (b[0].is_ascii_alphabetic() || b[0] == b'_') && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
         if !ok {
             e.at(Some(t), &f, format!("{:?} is not a variable name", t.value));
         } else if env_denied(&t.value) {
@@ -253,7 +297,8 @@ impl Policy {
             }
         }
 
-        let search_path = raw.search_path.iter().enumerate().filter_map(|(i, t)| absolute(t, &format!("search_path[{i}]"), &mut e)).collect();
+        let search_path =
+            raw.search_path.iter().enumerate().filter_map(|(i, t)| absolute(t, &format!("search_path[{i}]"), &mut e)).collect();
         let names = glob_set(&raw.watchers.names.iter().collect::<Vec<_>>(), "watchers.names", &mut e);
         let protected = raw.watchers.protected.iter().map(|t| t.value.to_ascii_lowercase()).chain(["circusd-stats".to_string()]).collect();
 
@@ -261,17 +306,22 @@ impl Policy {
         for (key, bound) in &raw.options {
             match SETTABLE_OPTIONS.iter().find(|(k, _)| k == key) {
                 Some((name, numeric)) => {
-                    options.insert(key.clone(), OptionBound { name, numeric: *numeric, min: bound.min, max: bound.max, default: bound.default.clone() });
+                    options.insert(
+                        key.clone(),
+                        OptionBound { name, numeric: *numeric, min: bound.min, max: bound.max, default: bound.default.clone() },
+                    );
                 }
-                None => e.at(None, &format!("options.{key}"), format!(
-                    "not a settable option; settable: {}",
-                    SETTABLE_OPTIONS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
-                )),
+                None => e.at(
+                    None,
+                    &format!("options.{key}"),
+                    format!("not a settable option; settable: {}", SETTABLE_OPTIONS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")),
+                ),
             }
         }
 
         let env = env_names(&raw.env, "env", &mut e);
-        let working_dirs = raw.working_dirs.iter().enumerate().filter_map(|(i, t)| absolute(t, &format!("working_dirs[{i}]"), &mut e)).collect();
+        let working_dirs =
+            raw.working_dirs.iter().enumerate().filter_map(|(i, t)| absolute(t, &format!("working_dirs[{i}]"), &mut e)).collect();
 
         let mut warnings = Vec::new();
         let mut programs = Vec::new();
@@ -293,8 +343,16 @@ impl Policy {
                 match Path::new(&p.path.value).canonicalize() {
                     Ok(c) if c != Path::new(&p.path.value) => warnings.push(format!(
                         "{file}:{}: {field}.path: {} is a symlink to {}; commands are matched by canonical path, so write {}",
-                        p.path.referenced.line(), p.path.value, c.display(), c.display())),
-                    Err(_) => warnings.push(format!("{file}:{}: {field}.path: {} does not exist on this machine", p.path.referenced.line(), p.path.value)),
+                        p.path.referenced.line(),
+                        p.path.value,
+                        c.display(),
+                        c.display()
+                    )),
+                    Err(_) => warnings.push(format!(
+                        "{file}:{}: {field}.path: {} does not exist on this machine",
+                        p.path.referenced.line(),
+                        p.path.value
+                    )),
                     _ => {}
                 }
             }
@@ -327,13 +385,23 @@ impl Policy {
                 args: ArgShape {
                     max_count,
                     max_bytes: a.max_bytes.unwrap_or(limits.max_arg_bytes).min(limits.max_arg_bytes),
-                    positional: a.positional.iter().enumerate().map(|(j, r)| arg_rule(r, &format!("{field}.args.positional[{j}]"), &mut e)).collect(),
+                    positional: a
+                        .positional
+                        .iter()
+                        .enumerate()
+                        .map(|(j, r)| arg_rule(r, &format!("{field}.args.positional[{j}]"), &mut e))
+                        .collect(),
                     min_positional: a.min_positional,
                     flags,
                     rest: a.rest.as_ref().map(|r| arg_rule(r, &format!("{field}.args.rest"), &mut e)),
                     deny: glob_set_with(&a.deny.iter().collect::<Vec<_>>(), &format!("{field}.args.deny"), false, &mut e),
                 },
-                working_dirs: p.working_dirs.iter().enumerate().filter_map(|(j, t)| absolute(t, &format!("{field}.working_dirs[{j}]"), &mut e)).collect(),
+                working_dirs: p
+                    .working_dirs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, t)| absolute(t, &format!("{field}.working_dirs[{j}]"), &mut e))
+                    .collect(),
                 require_working_dir: p.require_working_dir,
                 env: env_names(&p.env, &format!("{field}.env"), &mut e),
                 max_processes,

@@ -4,12 +4,12 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::compile::{env_denied, Identity, Policy, Program, WatcherScope};
-use super::{Action, AddRequest, Decision, Facts, Request, Violation, OWNER_ENV, READ_TOOLS};
+use super::compile::{Identity, Policy, Program, WatcherScope, env_denied};
+use super::{Action, AddRequest, Decision, Facts, OWNER_ENV, READ_TOOLS, Request, Violation};
 use crate::circus::command::AddOptions;
-use crate::circus::{signal_number, Command, WatcherName};
+use crate::circus::{Command, WatcherName, signal_number};
 
 const MAX_COMMAND_BYTES: usize = 4096;
 const MAX_ENV_NAME_BYTES: usize = 128;
@@ -32,7 +32,11 @@ mod tests {
     #[test]
     fn huge_process_counts_do_not_wrap_into_an_allow() {
         let p = Policy::compile("p", "version: 1\nidentities:\n  local: {tools: ['*'], watchers: any}\n").unwrap();
-        let facts = Facts { target: Some(super::super::Target { exists: true, ..Default::default() }), total_processes: u32::MAX, ..Facts::default() };
+        let facts = Facts {
+            target: Some(super::super::Target { exists: true, ..Default::default() }),
+            total_processes: u32::MAX,
+            ..Facts::default()
+        };
         let req = Request { identity: "local".into(), action: Action::Scale { name: "w".into(), num_processes: 2 } };
         let d = decide(&p, &req, &facts);
         assert!(!d.allow);
@@ -64,16 +68,22 @@ pub fn decide(policy: &Policy, req: &Request, facts: &Facts) -> Decision {
     let tool = req.action.tool();
     // 1. Only identities the policy names may do anything.
     let Some(id) = policy.identities.get(&req.identity) else {
-        return Decision::deny(vec![Violation::new("identity", "identity.unknown", format!(
-            "identity {:?} is not in the policy", req.identity))]);
+        return Decision::deny(vec![Violation::new(
+            "identity",
+            "identity.unknown",
+            format!("identity {:?} is not in the policy", req.identity),
+        )]);
     };
     // 2. The tool must exist, and the identity must be allowed it.
     if matches!(&req.action, Action::Read { tool } if !READ_TOOLS.contains(&tool.as_str())) {
         return Decision::deny(vec![Violation::new("tool", "tool.unknown", format!("there is no tool {tool:?}"))]);
     }
     if !id.tools.is_match(tool) {
-        return Decision::deny(vec![Violation::new("tool", "tool.not_allowed", format!(
-            "identity {:?} may not call {tool}", req.identity))]);
+        return Decision::deny(vec![Violation::new(
+            "tool",
+            "tool.not_allowed",
+            format!("identity {:?} may not call {tool}", req.identity),
+        )]);
     }
     let mut rules = vec![["identity:", &req.identity].concat(), ["tool:", tool].concat()];
     let mut v = Vec::new();
@@ -112,7 +122,15 @@ pub fn decide(policy: &Policy, req: &Request, facts: &Facts) -> Decision {
 }
 
 /// The name of a watcher the identity may act on, or violations.
-fn existing(policy: &Policy, id: &Identity, identity: &str, raw: &str, facts: &Facts, rules: &mut Vec<String>, v: &mut Vec<Violation>) -> Option<WatcherName> {
+fn existing(
+    policy: &Policy,
+    id: &Identity,
+    identity: &str,
+    raw: &str,
+    facts: &Facts,
+    rules: &mut Vec<String>,
+    v: &mut Vec<Violation>,
+) -> Option<WatcherName> {
     let name = valid_name(policy, raw, v)?;
     let target = facts.target.clone().unwrap_or_default();
     if !target.exists {
@@ -133,7 +151,14 @@ fn existing(policy: &Policy, id: &Identity, identity: &str, raw: &str, facts: &F
         v.push(Violation::new("name", "watcher.scope", format!("identity {identity:?} may act only on {scope}")));
         return None;
     }
-    rules.push(format!("watchers:{}", match id.watchers { WatcherScope::Owned => "owned", WatcherScope::Any => "any", WatcherScope::Names(..) => "names" }));
+    rules.push(format!(
+        "watchers:{}",
+        match id.watchers {
+            WatcherScope::Owned => "owned",
+            WatcherScope::Any => "any",
+            WatcherScope::Names(..) => "names",
+        }
+    ));
     Some(name)
 }
 
@@ -164,8 +189,11 @@ fn scale(policy: &Policy, name: WatcherName, n: u32, facts: &Facts, v: &mut Vec<
     // Saturating: counts come from circusd, and a wrapped sum must never look small.
     let total = facts.total_processes.saturating_sub(current).saturating_add(n);
     if total > policy.limits.max_total_processes {
-        v.push(Violation::new("num_processes", "processes.total", format!(
-            "would run {total} processes in all; the limit is {}", policy.limits.max_total_processes)));
+        v.push(Violation::new(
+            "num_processes",
+            "processes.total",
+            format!("would run {total} processes in all; the limit is {}", policy.limits.max_total_processes),
+        ));
         return None;
     }
     Some(if n >= current { Command::Incr { name, nb: n - current } } else { Command::Decr { name, nb: current - n } })
@@ -209,7 +237,15 @@ pub fn shell_quote(s: &str) -> String {
     if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r#"'"'"'"#)) }
 }
 
-fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, facts: &Facts, rules: &mut Vec<String>, v: &mut Vec<Violation>) -> Option<Command> {
+fn decide_add(
+    policy: &Policy,
+    id: &Identity,
+    identity: &str,
+    add: &AddRequest,
+    facts: &Facts,
+    rules: &mut Vec<String>,
+    v: &mut Vec<Violation>,
+) -> Option<Command> {
     let lim = &policy.limits;
     // Name: valid, allowed by the policy's patterns and the identity's scope, free, and room
     // for one more watcher.
@@ -228,7 +264,11 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
         }
     }
     if facts.watchers >= lim.max_watchers {
-        v.push(Violation::new("name", "watchers.max", format!("circusd holds {} watchers; the limit is {}", facts.watchers, lim.max_watchers)));
+        v.push(Violation::new(
+            "name",
+            "watchers.max",
+            format!("circusd holds {} watchers; the limit is {}", facts.watchers, lim.max_watchers),
+        ));
     }
 
     // Command: plain text, resolved by the warden, allowlisted for this identity.
@@ -242,12 +282,19 @@ fn decide_add(policy: &Policy, id: &Identity, identity: &str, add: &AddRequest, 
             check_text(|| "command".into(), &path_str, MAX_COMMAND_BYTES, v);
             let found: Vec<&Program> = policy.programs_for(&path_str).filter(|p| id.programs.is_match(&p.id)).collect();
             if found.is_empty() {
-                let mut allowed: Vec<&str> = policy.programs.iter().filter(|p| id.programs.is_match(&p.id)).map(|p| p.path_glob.as_str()).collect();
+                let mut allowed: Vec<&str> =
+                    policy.programs.iter().filter(|p| id.programs.is_match(&p.id)).map(|p| p.path_glob.as_str()).collect();
                 allowed.sort_unstable();
                 allowed.dedup();
-                v.push(Violation::new("command", "command.not_allowed", format!(
-                    "{} resolves to {path_str}, which this identity may not run; allowed: {}",
-                    add.command, if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") })));
+                v.push(Violation::new(
+                    "command",
+                    "command.not_allowed",
+                    format!(
+                        "{} resolves to {path_str}, which this identity may not run; allowed: {}",
+                        add.command,
+                        if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }
+                    ),
+                ));
             }
             (Some(path), found)
         }
@@ -316,8 +363,11 @@ fn options(policy: &Policy, id: &Identity, add: &AddRequest, v: &mut Vec<Violati
         let field = || format!("options.{key}");
         let Some(bound) = policy.options.get(key) else {
             let allowed: Vec<&str> = policy.options.keys().map(String::as_str).collect();
-            v.push(Violation::new(field(), "options.not_allowed", format!(
-                "allowed options: {}", if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") })));
+            v.push(Violation::new(
+                field(),
+                "options.not_allowed",
+                format!("allowed options: {}", if allowed.is_empty() { "none".to_string() } else { allowed.join(", ") }),
+            ));
             continue;
         };
         let signal = value.as_str().and_then(signal_number).filter(|(n, _)| id.signals.contains(n));
@@ -352,7 +402,13 @@ fn options(policy: &Policy, id: &Identity, add: &AddRequest, v: &mut Vec<Violati
 
 /// The working directory: optional unless the program requires one; canonical, existing,
 /// and inside a root (the policy's, plus the program's when one is known).
-fn check_working_dir(policy: &Policy, program: Option<&Program>, add: &AddRequest, facts: &Facts, v: &mut Vec<Violation>) -> Option<std::path::PathBuf> {
+fn check_working_dir(
+    policy: &Policy,
+    program: Option<&Program>,
+    add: &AddRequest,
+    facts: &Facts,
+    v: &mut Vec<Violation>,
+) -> Option<std::path::PathBuf> {
     let roots = || policy.working_dirs.iter().chain(program.into_iter().flat_map(|p| p.working_dirs.iter()));
     match (&add.working_dir, &facts.working_dir) {
         (None, _) => {
@@ -367,8 +423,15 @@ fn check_working_dir(policy: &Policy, program: Option<&Program>, add: &AddReques
         }
         (Some(raw), Some(Ok(dir))) => {
             let shown = roots().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ");
-            v.push(Violation::new("working_dir", "working_dir.roots", format!(
-                "{raw} resolves to {}, outside the allowed roots: {}", dir.display(), if shown.is_empty() { "none".into() } else { shown })));
+            v.push(Violation::new(
+                "working_dir",
+                "working_dir.roots",
+                format!(
+                    "{raw} resolves to {}, outside the allowed roots: {}",
+                    dir.display(),
+                    if shown.is_empty() { "none".into() } else { shown }
+                ),
+            ));
             None
         }
         (Some(raw), Some(Err(why))) => {
@@ -384,7 +447,13 @@ fn check_working_dir(policy: &Policy, program: Option<&Program>, add: &AddReques
 
 /// The checks that depend on the program: argument shape, working directory, environment
 /// names and process counts. Returns the argv and working directory to send.
-fn check_program(policy: &Policy, program: &Program, add: &AddRequest, facts: &Facts, v: &mut Vec<Violation>) -> Option<(Vec<String>, Option<std::path::PathBuf>)> {
+fn check_program(
+    policy: &Policy,
+    program: &Program,
+    add: &AddRequest,
+    facts: &Facts,
+    v: &mut Vec<Violation>,
+) -> Option<(Vec<String>, Option<std::path::PathBuf>)> {
     let lim = &policy.limits;
     let argv = program.args.check(&add.args, &facts.paths, v);
 
@@ -394,7 +463,10 @@ fn check_program(policy: &Policy, program: &Program, add: &AddRequest, facts: &F
     for (k, val) in &add.env {
         let field = || format!("env.{k}");
         let b = k.as_bytes();
-        let syntax = !b.is_empty() && b.len() <= MAX_ENV_NAME_BYTES && (b[0].is_ascii_alphabetic() || b[0] == b'_') && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
+        let syntax = !b.is_empty()
+            && b.len() <= MAX_ENV_NAME_BYTES
+            && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
         if !syntax {
             v.push(Violation::new(field(), "env.name", "names are [A-Za-z_][A-Za-z0-9_]*, at most 128 bytes"));
         } else if env_denied(k) {
@@ -410,15 +482,31 @@ fn check_program(policy: &Policy, program: &Program, add: &AddRequest, facts: &F
     if add.num_processes == 0 || add.num_processes > cap {
         v.push(Violation::new("num_processes", "processes.per_watcher", format!("must be between 1 and {cap}")));
     } else if facts.total_processes.saturating_add(add.num_processes) > lim.max_total_processes {
-        v.push(Violation::new("num_processes", "processes.total", format!(
-            "would run {} processes in all; the limit is {}", facts.total_processes.saturating_add(add.num_processes), lim.max_total_processes)));
+        v.push(Violation::new(
+            "num_processes",
+            "processes.total",
+            format!(
+                "would run {} processes in all; the limit is {}",
+                facts.total_processes.saturating_add(add.num_processes),
+                lim.max_total_processes
+            ),
+        ));
     }
     Some((argv, working_dir))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn build_add(name: WatcherName, program: &Program, path: &Path, argv: Vec<String>, working_dir: Option<std::path::PathBuf>,
-    env: &std::collections::BTreeMap<String, String>, mut extra: Vec<(&'static str, Value)>, identity: &str, add: &AddRequest) -> Command {
+fn build_add(
+    name: WatcherName,
+    program: &Program,
+    path: &Path,
+    argv: Vec<String>,
+    working_dir: Option<std::path::PathBuf>,
+    env: &std::collections::BTreeMap<String, String>,
+    mut extra: Vec<(&'static str, Value)>,
+    identity: &str,
+    add: &AddRequest,
+) -> Command {
     let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     env.push((OWNER_ENV.into(), identity.into()));
     if !extra.iter().any(|(k, _)| *k == "graceful_timeout") {

@@ -25,15 +25,8 @@ use crate::circus::Command;
 pub use compile::{CompileError, Policy};
 
 /// The read-only tools; a read of any other name is denied (fail closed on unknown tools).
-pub const READ_TOOLS: &[&str] = &[
-    "list_processes",
-    "get_process_status",
-    "get_process_stats",
-    "explain_policy",
-    "get_logs",
-    "get_log_summary",
-    "list_alerts",
-];
+pub const READ_TOOLS: &[&str] =
+    &["list_processes", "get_process_status", "get_process_stats", "explain_policy", "get_logs", "get_log_summary", "list_alerts"];
 
 /// The env variable that marks which identity created a watcher. circusd keeps it in the
 /// watcher's options, so ownership survives warden restarts; requests can never set it.

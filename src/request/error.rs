@@ -2,10 +2,10 @@
 //! to do, the failed checks of a denial, and whether retrying may help.
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use crate::policy::Violation;
 use crate::circus::CircusError;
+use crate::policy::Violation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -7,17 +7,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::{ErrorKind, ToolError};
-use crate::audit::{new_id, now_rfc3339, Audit, DecisionRecord};
+use crate::audit::{Audit, DecisionRecord, new_id, now_rfc3339};
 use crate::circus::command::OutputFiles;
 use crate::circus::{CircusClient, CircusError, Command, WatcherName};
-use crate::output::Files;
 use crate::metrics::Metrics;
+use crate::output::Files;
 use crate::policy::decide::decide;
 use crate::policy::reload::ActivePolicy;
-use crate::policy::{facts, Action, Decision, Facts, Request, Target, Violation, OWNER_ENV};
+use crate::policy::{Action, Decision, Facts, OWNER_ENV, Request, Target, Violation, facts};
 
 #[derive(Clone)]
 pub struct Gate {
@@ -55,8 +55,11 @@ impl Gate {
             if let Some((per_minute, burst)) = policy.identities.get(identity).and_then(|i| i.rate_limit) {
                 if !self.take(identity, per_minute, burst) {
                     self.metrics.rate_limited.with_label_values(&[identity, &tool]).inc();
-                    let v = Violation::new("identity", "rate_limit", format!(
-                        "identity {identity:?} may make {per_minute} changes a minute (bursts of {burst}); retry later"));
+                    let v = Violation::new(
+                        "identity",
+                        "rate_limit",
+                        format!("identity {identity:?} may make {per_minute} changes a minute (bursts of {burst}); retry later"),
+                    );
                     let decision = Decision::deny(vec![v]);
                     self.count(&tool, &decision);
                     let _ = self.record(identity, &action, &decision);
@@ -76,8 +79,11 @@ impl Gate {
         let id = match self.record(identity, &action, &decision) {
             Ok(id) => id,
             Err(_) if self.audit.fail_closed && action.mutates() => {
-                let refused = Decision::deny(vec![Violation::new("audit", "audit.unavailable",
-                    "the audit log cannot be written, so no change is allowed; reads still work")]);
+                let refused = Decision::deny(vec![Violation::new(
+                    "audit",
+                    "audit.unavailable",
+                    "the audit log cannot be written, so no change is allowed; reads still work",
+                )]);
                 self.count(&tool, &refused);
                 return Err(ToolError::denied(refused.violations));
             }
@@ -209,10 +215,7 @@ async fn circus_facts(client: &CircusClient, action: &Action, f: &mut Facts) -> 
         });
     }
     if matches!(action, Action::Add(_) | Action::Scale { .. }) {
-        let (status, total) = tokio::join!(
-            client.call(Command::Status { name: None }),
-            client.call(Command::NumProcessesAll),
-        );
+        let (status, total) = tokio::join!(client.call(Command::Status { name: None }), client.call(Command::NumProcessesAll),);
         f.watchers = status?.get("statuses").and_then(Value::as_object).map_or(0, |m| m.len() as u32);
         f.total_processes = total?.get("numprocesses").and_then(Value::as_u64).unwrap_or(0) as u32;
     }

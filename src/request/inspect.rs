@@ -1,7 +1,7 @@
 //! Read-only views: the handlers of the inspection tools, and the bodies of the resources and
 //! the `diagnose_process` prompt, which reuse them.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value, json};
 
 use super::tools::{ListOutput, ProcessSummary, StatsOutput, StatusOutput};
 use super::{ErrorKind, ToolError, Warden};

@@ -9,7 +9,7 @@ use crate::circus::WatcherName;
 use crate::output::alerts::Alert;
 use crate::output::classify::Level;
 use crate::output::store::{Entry, Query, Summary};
-use crate::output::{now_ms, parse_since, rfc3339, Logs, Stream};
+use crate::output::{Logs, Stream, now_ms, parse_since, rfc3339};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -95,15 +95,12 @@ pub struct AlertsOutput {
 }
 
 fn logs(w: &Warden) -> Result<&Logs, ToolError> {
-    w.logs.as_ref().ok_or_else(|| {
-        ToolError::new(ErrorKind::NotFound, "output capture is off in this warden (output.enabled: false)")
-    })
+    w.logs.as_ref().ok_or_else(|| ToolError::new(ErrorKind::NotFound, "output capture is off in this warden (output.enabled: false)"))
 }
 
 fn watcher(name: &str) -> Result<WatcherName, ToolError> {
-    WatcherName::parse(name).ok_or_else(|| {
-        ToolError::invalid("name", "watcher.name", "a watcher name is 1-64 lower-case letters, digits, '_' and '-'")
-    })
+    WatcherName::parse(name)
+        .ok_or_else(|| ToolError::invalid("name", "watcher.name", "a watcher name is 1-64 lower-case letters, digits, '_' and '-'"))
 }
 
 fn since(s: Option<&str>) -> Result<Option<u64>, ToolError> {
@@ -184,7 +181,16 @@ const RECENT: u32 = 50;
 
 /// The `logs://{name}/recent` resource: the newest entries and this watcher's recent alerts.
 pub fn recent(w: &Warden, name: &str) -> Result<serde_json::Value, ToolError> {
-    let args = GetLogsArgs { name: name.to_string(), stream: None, limit: Some(RECENT), level: None, since: None, contains: None, after: None, before: None };
+    let args = GetLogsArgs {
+        name: name.to_string(),
+        stream: None,
+        limit: Some(RECENT),
+        level: None,
+        since: None,
+        contains: None,
+        after: None,
+        before: None,
+    };
     let out = get_logs(w, args)?;
     let alerts = logs(w)?.lock().alerts.list(Some(name), None);
     let alerts = &alerts[alerts.len().saturating_sub(20)..];

@@ -8,8 +8,8 @@ pub mod logs;
 pub mod mutate;
 pub mod tools;
 
-use crate::circus::events::ProcessView;
 use crate::circus::CircusClient;
+use crate::circus::events::ProcessView;
 use crate::metrics::Metrics;
 
 pub use error::{ErrorKind, ToolError};

@@ -3,7 +3,7 @@
 //! after the decision.
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::tools::{ActionOutput, AddOutput, ExplainArgs, RemoveOutput, ScaleOutput, SignalOutput};
 use super::{ErrorKind, ToolError, Warden};

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::logs::{AlertsOutput, GetLogsArgs, ListAlertsArgs, LogsOutput};
-use super::{inspect, logs, mutate, ErrorKind, ToolError, Warden};
-use crate::output::store::Summary;
+use super::{ErrorKind, ToolError, Warden, inspect, logs, mutate};
 use crate::circus::events::Exit;
+use crate::output::store::Summary;
 use crate::policy::{Action, AddRequest, Violation};
 
 /// A tool as MCP lists it.
