@@ -166,7 +166,6 @@ struct Mutation {
 }
 
 struct Actor {
-    ctx: zmq::Context,
     endpoint: String,
     rx: mpsc::Receiver<Call>,
     wake: i32,
@@ -185,7 +184,6 @@ impl Actor {
         // SAFETY: getrandom fills at most the given number of bytes of our buffer.
         unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
         Actor {
-            ctx: zmq::Context::new(),
             endpoint,
             rx,
             wake,
@@ -261,7 +259,7 @@ impl Actor {
     }
 
     fn open(&self) -> Result<zmq::Socket, zmq::Error> {
-        let s = self.ctx.socket(zmq::DEALER)?;
+        let s = super::zmq_context().socket(zmq::DEALER)?;
         s.set_linger(0)?;
         s.set_immediate(true)?;
         s.set_reconnect_ivl(100)?;

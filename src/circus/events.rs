@@ -302,8 +302,7 @@ async fn discover_pubsub(client: &CircusClient) -> Option<String> {
 }
 
 fn spawn_subscriber(endpoint: &str, view: ProcessView, stop: CancellationToken) -> Result<(), zmq::Error> {
-    let ctx = zmq::Context::new();
-    let socket = ctx.socket(zmq::SUB)?;
+    let socket = super::zmq_context().socket(zmq::SUB)?;
     socket.set_linger(0)?;
     socket.set_rcvtimeo(250)?;
     socket.set_subscribe(b"watcher.")?;
@@ -311,7 +310,6 @@ fn spawn_subscriber(endpoint: &str, view: ProcessView, stop: CancellationToken) 
     std::thread::Builder::new()
         .name("circus-events".into())
         .spawn(move || {
-            let _ctx = ctx;
             while !stop.is_cancelled() {
                 let frames = match socket.recv_multipart(0) {
                     Ok(f) => f,

@@ -11,6 +11,14 @@ use std::fmt;
 pub use client::{CircusClient, Endpoints};
 pub use command::Command;
 
+/// The process's one ZeroMQ context, shared by every socket. It is never terminated:
+/// `zmq_ctx_term` can block forever even when every socket had LINGER=0 (libzmq#2586; seen
+/// here when circusd died under a pending `quit`), and a context per socket buys nothing.
+pub fn zmq_context() -> zmq::Context {
+    static CONTEXT: std::sync::LazyLock<zmq::Context> = std::sync::LazyLock::new(zmq::Context::new);
+    CONTEXT.clone()
+}
+
 /// A watcher name the warden accepts: lower-case ASCII letters, digits, `_` and `-`, starting
 /// with a letter or digit, at most 64 bytes.
 ///

@@ -186,8 +186,7 @@ async fn shut_down(child: &mut Child, endpoint: &str) {
 
 /// Sends `quit` on a one-off socket and waits briefly for the acknowledgement.
 fn send_quit(endpoint: &str) -> Result<(), zmq::Error> {
-    let ctx = zmq::Context::new();
-    let s = ctx.socket(zmq::DEALER)?;
+    let s = super::zmq_context().socket(zmq::DEALER)?;
     s.set_linger(0)?;
     s.set_immediate(true)?;
     s.set_sndtimeo(1000)?;

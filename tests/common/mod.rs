@@ -129,8 +129,7 @@ impl Drop for Circusd {
 
 /// One request on a fresh DEALER; `None` on timeout.
 pub fn raw_call(endpoint: &str, command: &str, properties: Value, timeout: Duration) -> Option<Value> {
-    let ctx = zmq::Context::new();
-    let s = ctx.socket(zmq::DEALER).unwrap();
+    let s = circus_warden::circus::zmq_context().socket(zmq::DEALER).unwrap();
     s.set_linger(0).unwrap();
     s.set_rcvtimeo(timeout.as_millis() as i32).unwrap();
     s.connect(endpoint).unwrap();
