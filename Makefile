@@ -16,6 +16,8 @@ TRANSPORT ?= http
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 VENV_PATH := PATH=$(VENV)/bin:$$PATH
+# cargo-nextest kills a hung test (.config/nextest.toml); plain cargo test where it is missing.
+CARGO_TEST := $(if $(shell command -v cargo-nextest),cargo nextest run,cargo test)
 
 .PHONY: venv tools build run test test-rust test-e2e bench clean-venv
 
@@ -54,7 +56,7 @@ system-tools:
 
 test: venv tools system-tools
 	cargo fmt --check
-	$(VENV_PATH) cargo test --release
+	$(VENV_PATH) $(CARGO_TEST) --release
 	cargo build --release
 	$(BIN) policy test policies/tests
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
@@ -63,7 +65,7 @@ test: venv tools system-tools
 
 # the two halves of `test`, for iterating
 test-rust: venv
-	$(VENV_PATH) cargo test --release
+	$(VENV_PATH) $(CARGO_TEST) --release
 
 test-e2e: venv tools build
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
