@@ -260,7 +260,7 @@ impl Tailer {
             for (_, id) in list.drain(..at) {
                 t.done(id);
             }
-            let (mut f, _) = list.swap_remove(0);
+            let (mut f, _) = list.remove(0);
             let _ = f.seek(SeekFrom::Start(p.offset));
             self.read_file(t, f, usize::MAX);
         }
@@ -301,15 +301,9 @@ impl Tailer {
     /// already read (an earlier listing missed it).
     fn unread_backups(&self, t: &Tracked) -> (Vec<(File, FileId)>, bool) {
         let list = backups(&t.path, self.s.backup_count);
-        let newest_read = list.iter().rposition(|(_, id)| t.read.contains(id));
-        let mut late = false;
-        let mut unread = Vec::new();
-        for (i, (f, id)) in list.into_iter().enumerate() {
-            if !t.read.contains(&id) {
-                late |= newest_read.is_some_and(|r| i < r);
-                unread.push((f, id));
-            }
-        }
+        let read: Vec<bool> = list.iter().map(|(_, id)| t.read.contains(id)).collect();
+        let late = read.iter().rposition(|&r| r).is_some_and(|newest| read[..newest].contains(&false));
+        let unread = list.into_iter().zip(read).filter(|(_, r)| !r).map(|(file, _)| file).collect();
         (unread, late)
     }
 
@@ -538,7 +532,67 @@ impl Inotify {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::ReadLimits;
+    use crate::output::alerts::Alerting;
+    use crate::output::classify::Level;
+    use crate::output::store::{Caps, Store};
     use std::io::Write;
+
+    /// A backup older than one already read is reported late (an earlier listing missed it);
+    /// one newer than everything read is not.
+    #[test]
+    fn a_backup_older_than_one_read_is_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout.log");
+        for (name, text) in [("stdout.log.2", "older"), ("stdout.log.1", "newer"), ("stdout.log", "current")] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let settings = Settings {
+            dir: dir.path().into(),
+            poll: Duration::from_millis(10),
+            flush_after: Duration::from_millis(10),
+            checkpoint_every: Duration::from_secs(1),
+            max_line: 1024,
+            backup_count: 3,
+            inotify: false,
+        };
+        let caps = Caps { stream: 1 << 20, global: 1 << 20, max_watchers: 8 };
+        let store = Store::new(caps, Alerting::new(&[], 8).unwrap(), None);
+        let limits = ReadLimits { max_entries: 100, max_bytes: 1 << 20, max_followers: 1, notify_interval: Duration::from_secs(1) };
+        let classifier = Classifier::new(&[], Level::Info, Level::Info).unwrap();
+        let tailer = Tailer::new(settings, Logs::new(store, limits), classifier).unwrap();
+        let mut t = Tracked {
+            watcher: "w".into(),
+            stream: Stream::Stdout,
+            path: path.clone(),
+            file: None,
+            offset: 0,
+            splitter: Splitter::new(Stream::Stdout, 1024),
+            last_data: Instant::now(),
+            read: VecDeque::new(),
+        };
+        let id = |name: &str| current_id(&dir.path().join(name)).unwrap();
+        let texts = |files: Vec<(File, FileId)>| -> Vec<String> {
+            files
+                .into_iter()
+                .map(|(mut f, _)| {
+                    let mut s = String::new();
+                    f.read_to_string(&mut s).unwrap();
+                    s
+                })
+                .collect()
+        };
+
+        let (unread, late) = tailer.unread_backups(&t);
+        assert_eq!((texts(unread), late), (vec!["older".to_string(), "newer".to_string()], false));
+        t.done(id("stdout.log.2"));
+        let (unread, late) = tailer.unread_backups(&t);
+        assert_eq!((texts(unread), late), (vec!["newer".to_string()], false));
+        t.read.clear();
+        t.done(id("stdout.log.1"));
+        let (unread, late) = tailer.unread_backups(&t);
+        assert_eq!((texts(unread), late), (vec!["older".to_string()], true));
+    }
 
     /// A second thread rotates like circus's FileStream (`.k` → `.k+1` from the top down, then
     /// the file → `.1`, each file holding its sequence number) while this one lists: every
