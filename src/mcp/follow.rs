@@ -52,13 +52,7 @@ impl Params {
                     "sse" => p.sse = true,
                     _ => return Err("format: ndjson or sse".into()),
                 },
-                "stream" => {
-                    p.stream = Some(match v.as_str() {
-                        "stdout" => Stream::Stdout,
-                        "stderr" => Stream::Stderr,
-                        _ => return Err("stream: stdout or stderr".into()),
-                    })
-                }
+                "stream" => p.stream = Some(Stream::parse(&v).ok_or("stream: stdout or stderr")?),
                 "level" => p.level = Some(Level::from_word(v.as_bytes()).ok_or("level: TRACE, DEBUG, INFO, WARNING, ERROR or CRITICAL")?),
                 "contains" if v.len() <= 256 => p.contains = Some(v),
                 "contains" => return Err("contains: at most 256 bytes".into()),
@@ -135,8 +129,8 @@ impl State {
         }
     }
 
-    fn entries(&self, entries: Vec<Entry>, out: &mut Vec<u8>) {
-        for e in entries.into_iter().filter(|e| self.q.matches(e)) {
+    fn entries(&self, entries: impl IntoIterator<Item = Entry>, out: &mut Vec<u8>) {
+        for e in entries {
             self.frame("entry", json!(LogEntry::from(e)), out);
         }
     }
@@ -168,7 +162,8 @@ impl State {
                     &mut out,
                 );
             }
-            self.entries(entries, &mut out);
+            // The backlog came filtered from Store::read; followed batches are filtered here.
+            self.entries(entries.into_iter().filter(|e| self.q.matches(e)), &mut out);
             if !out.is_empty() {
                 return Some(out.into());
             }
@@ -214,7 +209,7 @@ pub fn respond(logs: &Logs, open: &Arc<AtomicUsize>, metrics: &crate::metrics::M
     let (backlog, cursor) = {
         let store = logs.lock();
         let backlog = store.read(name, &q).map(|r| r.entries).unwrap_or_default();
-        (backlog, store.cursor_at_end(name, p.stream, 0))
+        (backlog, store.cursor_at_end(name))
     };
     let sse = p.sse;
     let state = State {

@@ -26,10 +26,11 @@ pub enum Stream {
 }
 
 impl Stream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
+    pub fn parse(s: &str) -> Option<Stream> {
+        match s {
+            "stdout" => Some(Stream::Stdout),
+            "stderr" => Some(Stream::Stderr),
+            _ => None,
         }
     }
 
@@ -105,6 +106,9 @@ impl Logs {
 
     /// Stores one stream's batch and wakes whoever waits for news.
     pub fn push(&self, watcher: &str, stream: Stream, lines: Vec<lines::Line>, dropped: u64, time_ms: u64) {
+        if lines.is_empty() && dropped == 0 {
+            return;
+        }
         let fired = self.lock().push(watcher, stream, lines, dropped, time_ms);
         for a in &fired {
             tracing::warn!(alert = a.id, rule = %a.rule, severity = a.severity.as_str(), watcher = %a.watcher, message = %a.message, "log alert");

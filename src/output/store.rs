@@ -395,17 +395,12 @@ impl Store {
         Some(Read { entries: out, more, last_seq: w.next_seq - 1, oldest_seq })
     }
 
-    /// A follower's cursor positioned `backlog` entries before the end (of `stream`, or both).
-    pub fn cursor_at_end(&self, watcher: &str, stream: Option<Stream>, backlog: usize) -> Cursor {
+    /// A follower's cursor just past the newest entry of each stream.
+    pub fn cursor_at_end(&self, watcher: &str) -> Cursor {
         let mut c = Cursor::default();
-        let Some(w) = self.watchers.get(watcher) else { return c };
-        for (i, r) in w.rings.iter().enumerate() {
-            c.0[i] = r.evicted + r.entries.len() as u64;
-        }
-        let q = Query { stream, limit: backlog, max_bytes: usize::MAX, ..Default::default() };
-        if let Some(read) = self.read(watcher, &q) {
-            for e in &read.entries {
-                c.0[e.stream as usize] -= 1;
+        if let Some(w) = self.watchers.get(watcher) {
+            for (i, r) in w.rings.iter().enumerate() {
+                c.0[i] = r.evicted + r.entries.len() as u64;
             }
         }
         c
@@ -613,7 +608,7 @@ mod tests {
     #[test]
     fn followers_see_every_line_once_or_a_skip_count() {
         let mut s = store(3_000, 1 << 22);
-        let mut c = s.cursor_at_end("w", None, 0);
+        let mut c = s.cursor_at_end("w");
         s.push("w", Stream::Stdout, lines(5, 10, Level::Info), 0, 1);
         s.push("w", Stream::Stderr, lines(5, 10, Level::Info), 0, 1);
         let (got, skipped) = s.follow("w", None, &mut c, 100);
