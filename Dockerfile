@@ -2,9 +2,10 @@
 # .dockerignore, charts/circus-warden, tests/deploy).
 #
 # One image serves every way circus-warden runs; which process runs where:
-#   (a) chart, container "circusd":  args `circusd /etc/circus/circus.ini`  -> circusd (Python,
+#   (a) chart, container "circusd":  args `/bin/sh -c 'chmod 2770 <shared dirs> && exec circusd
+#       /etc/circus/circus.ini'` as uid 0 with SETUID/SETGID/KILL only -> circusd (Python,
 #       from the venv in /opt/circus) owns the ipc sockets in /run/circus and runs the managed
-#       processes as its children.
+#       processes as its children, each as the policy's run-as user (circus-run below).
 #   (b) chart, container "warden":   args `circus-warden serve --transport http --config
 #       /etc/circus-warden/config.yaml` -> the MCP server; talks to (a) over the shared ipc
 #       sockets only (no TCP endpoint, no multicast).
@@ -69,10 +70,16 @@ LABEL org.opencontainers.image.title="circus-warden" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="docker.io/library/debian:bookworm-slim"
-# A fixed non-root uid/gid (the chart's runAsUser/runAsGroup/fsGroup use the same numbers);
-# no home directory, no login shell.
+# Fixed uids/gids, no home directory, no login shell:
+#   circus      10001  the warden (and, standalone, its circusd); the chart's warden
+#                      runAsUser/runAsGroup and the pod's fsGroup;
+#   circus-run  10002  the run-as user of every managed process (the policy's
+#                      `run_as: {user: circus-run}`) when circusd runs as root; its only
+#                      group is its own, so it reaches nothing that is open to group 10001.
 RUN echo 'circus:x:10001:10001:circus-warden:/nonexistent:/usr/sbin/nologin' >> /etc/passwd \
-    && echo 'circus:x:10001:' >> /etc/group
+    && echo 'circus-run:x:10002:10002:circus-warden managed processes:/nonexistent:/usr/sbin/nologin' >> /etc/passwd \
+    && echo 'circus:x:10001:' >> /etc/group \
+    && echo 'circus-run:x:10002:' >> /etc/group
 COPY --from=circus /opt/circus /opt/circus
 COPY --from=build /out/circus-warden /usr/local/bin/circus-warden
 # Standalone defaults, laid out like a source checkout (config/, policies/) so that a plain
