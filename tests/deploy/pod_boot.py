@@ -11,16 +11,29 @@ What it does, in order:
      (/run/circus -> T/run/circus, /etc/circus-warden -> T/etc/circus-warden, ...) in the
      files, the args and the env; every other byte stays. The one other rewrite: the warden's
      `0.0.0.0:<port>` binds become `127.0.0.1:<free port>`.
+     The volumes get what the kubelet gives them with the pod's fsGroup: emptyDirs 2777 with
+     group fsGroup, ConfigMap files the volume's defaultMode with group fsGroup.
   4. Starts circusd and the warden exactly as the containers' args say (the image's tini
      entrypoint is left out; `circusd` comes from .venv/bin, `circus-warden` is
-     target/release/circus-warden), with each container's working dir (/tmp -> T/tmp).
-  5. Checks: circusd's ipc sockets are 0700, no circusd-stats, no TCP endpoint; GET /healthz,
+     target/release/circus-warden), with each container's working dir (/tmp -> T/tmp) and
+     security context, through setpriv: runAsUser/runAsGroup, fsGroup as the supplementary
+     group, the bounding set cut to the added capabilities (none inheritable), no_new_privs
+     for allowPrivilegeEscalation: false. So circusd runs as uid 0 with SETUID, SETGID and
+     KILL only, and the warden as 10001. The users circus (10001) and circus-run (10002) are
+     created on this machine when missing (groupadd/useradd), as the image has them: circus
+     switches only to users with a passwd entry, and the warden resolves the run-as user.
+  5. Checks: the shared directories are 2770 and circusd's ipc sockets 0770, owner root,
+     group fsGroup (open to the warden's group, closed to the run-as user); the warden
+     reached isolation `uid` (/readyz body, circus_warden_isolation_level); no circusd-stats,
+     no TCP endpoint; GET /healthz,
      /readyz (200) and /metrics; the circusd liveness probe command passes; the Service DNS
      names pass the Host check and a foreign Host does not; /mcp needs the token when the
      chart made one, and every configured token works; over MCP: `list_processes`, then
      `add_process /usr/bin/sleep 300` succeeds if the rendered policy lets the caller's
      identity run it (checked in circusd with a raw DEALER: the watcher runs /usr/bin/sleep)
-     or is denied (and circusd has no such watcher); ini-defined watchers cannot be stopped;
+     or is denied (and circusd has no such watcher); an added sleep runs as the policy's
+     run-as user (uid, gid and groups read from /proc/<pid>/status, not from the warden's
+     reply: no group of the warden's); ini-defined watchers cannot be stopped;
      `remove_process` cleans up. Process output: the warden's output caps are the rendered
      config's (circus_warden_log_buffer_limit_bytes); when the policy has the program
      `podboot-print` (values-all.yaml: python3 -c printing two lines), it is added, both
@@ -38,7 +51,8 @@ What it does, in order:
   pod_boot.py [-f VALUES]... --extract-only DIR   (for container_smoke.sh: the same files
       with the real in-container paths, plus the args, the env file and the probe command)
 
-Runs with .venv/bin/python (circus, pyzmq, psutil, PyYAML, the `mcp` SDK). Bounded: every wait
+Runs with .venv/bin/python (circus, pyzmq, psutil, PyYAML, the `mcp` SDK), as root (the boot
+sets uids with setpriv; --extract-only needs root for the files' group). Bounded: every wait
 has a deadline and the whole run has a watchdog.
 """
 
@@ -47,9 +61,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import configparser
 import fnmatch
+import grp
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -73,6 +90,8 @@ CHART = REPO / "charts" / "circus-warden"
 RELEASE, NAMESPACE = "cw", "demo"
 VENV_BIN = REPO / ".venv" / "bin"
 WATCHDOG_S = 240
+# The image's users (Dockerfile): the warden's and the default run-as user (docs: chart README).
+IMAGE_USERS = (("circus", 10001), ("circus-run", 10002))
 
 
 def log(msg: str) -> None:
@@ -113,6 +132,29 @@ class Pod:
             if d["kind"] == kind and d["metadata"]["name"] == name:
                 return d
         fail(f"{kind} {name} is referenced but not rendered")
+
+    @property
+    def fs_group(self) -> int | None:
+        return (self.spec.get("securityContext") or {}).get("fsGroup")
+
+    def security(self, container: str) -> dict:
+        """The container's effective security settings (its securityContext over the pod's)."""
+        pod_sc = self.spec.get("securityContext") or {}
+        sc = self.containers[container].get("securityContext") or {}
+        get = lambda k: sc.get(k, pod_sc.get(k))  # noqa: E731
+        caps = sc.get("capabilities") or {}
+        return {
+            "uid": get("runAsUser"),
+            "gid": get("runAsGroup"),
+            "groups": sorted({*pod_sc.get("supplementalGroups", []), *([self.fs_group] if self.fs_group is not None else [])}),
+            "drop": [c.upper() for c in caps.get("drop", [])],
+            "add": [c.upper() for c in caps.get("add", [])],
+            "no_new_privs": sc.get("allowPrivilegeEscalation") is False,
+        }
+
+    def file_mode(self, mount: dict) -> int:
+        """The mode of a ConfigMap volume's files (defaultMode, Kubernetes' default 0644)."""
+        return self.volumes[mount["name"]].get("configMap", {}).get("defaultMode", 0o644)
 
     def secret_value(self, name: str, key: str) -> str:
         return base64.b64decode(self.obj("Secret", name)["data"][key]).decode()
@@ -203,24 +245,38 @@ def free_port() -> int:
 
 
 def lay_out(pod: Pod, root: Path, rewrite) -> None:
-    """Writes every container's mounts under root (rewrite maps file contents)."""
+    """Writes every container's mounts under root (rewrite maps file contents), with the
+    ownership and modes the kubelet gives them: an emptyDir is created 0777 and fsGroup makes
+    it group fsGroup with the setgid bit (2777); ConfigMap files get the volume's defaultMode
+    and group fsGroup. Owner root throughout, as on a node."""
+    gid = pod.fs_group
     for container in pod.containers.values():
         for m in container.get("volumeMounts", []):
             target = Path(str(root) + m["mountPath"])
             files = pod.files_of_mount(m)
             if files is None:
                 target.mkdir(parents=True, exist_ok=True)
+                if gid is not None:
+                    os.chown(target, 0, gid)
+                target.chmod(0o2777 if gid is not None else 0o777)
                 continue
             if "subPath" in m:  # the kubelet bind-mounts the one file
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(rewrite(files[""]), encoding="utf-8")
+                kubelet_file(target, pod.file_mode(m), gid)
                 continue
             if (target / "..data").exists():  # the other container's mount of the same volume
                 continue
-            configmap_dir(target, {k: rewrite(v) for k, v in files.items()})
+            configmap_dir(target, {k: rewrite(v) for k, v in files.items()}, pod.file_mode(m), gid)
 
 
-def configmap_dir(target: Path, files: dict[str, str]) -> None:
+def kubelet_file(path: Path, mode: int, gid: int | None) -> None:
+    if gid is not None:
+        os.chown(path, 0, gid)
+    path.chmod(mode)
+
+
+def configmap_dir(target: Path, files: dict[str, str], mode: int = 0o644, gid: int | None = None) -> None:
     """A ConfigMap volume as the kubelet writes it: files in a timestamped dir, `..data`
     pointing at it, and each key a symlink through `..data`. An update writes a new dir and
     swaps `..data` atomically, which is what the warden's policy hot reload must notice."""
@@ -229,6 +285,7 @@ def configmap_dir(target: Path, files: dict[str, str]) -> None:
     data.mkdir()
     for key, text in files.items():
         (data / key).write_text(text, encoding="utf-8")
+        kubelet_file(data / key, mode, gid)
     tmp = target / "..data_tmp"
     tmp.symlink_to(data.name)
     os.replace(tmp, target / "..data")
@@ -246,7 +303,7 @@ def extract_only(pod: Pod, out: Path) -> None:
         lay_out(pod, staging, identity)
         for src, name in (("etc/circus", "etc-circus"), ("etc/circus-warden", "etc-circus-warden")):
             shutil.copytree(staging / src, out / name, dirs_exist_ok=True, symlinks=False,
-                            ignore=shutil.ignore_patterns("..*"))
+                            ignore=shutil.ignore_patterns("..*"), copy_function=copy_owned)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for name in ("circusd", "warden"):
@@ -256,9 +313,31 @@ def extract_only(pod: Pod, out: Path) -> None:
     (out / "warden.env").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     probe = pod.containers["circusd"].get("livenessProbe", {}).get("exec", {}).get("command", ["true"])
     (out / "circusd.liveness").write_text("\n".join(probe) + "\n")
+    for name in ("circusd", "warden"):
+        (out / f"{name}.security").write_text("\n".join(docker_flags(pod.security(name))) + "\n")
     for p in out.rglob("*"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    log(f"extracted the pod's files, args, env and probe into {out}")
+        if p.is_dir():
+            p.chmod(0o755)
+    (out / "fsgroup").write_text(f"{pod.fs_group if pod.fs_group is not None else ''}\n")
+    log(f"extracted the pod's files (ConfigMap modes and group kept), args, env, probe and security flags into {out}")
+
+
+def copy_owned(src: str, dst: str) -> None:
+    """copy2 that keeps the owner and group too (the kubelet's fsGroup on ConfigMap files)."""
+    shutil.copy2(src, dst)
+    st = os.stat(src)
+    os.chown(dst, st.st_uid, st.st_gid)
+
+
+def docker_flags(sec: dict) -> list[str]:
+    """A container's security settings as `docker run` flags (container_smoke.sh), one a line.
+    readOnlyRootFilesystem and seccomp are the script's own (--read-only; Docker's default
+    seccomp profile is RuntimeDefault)."""
+    flags = [f"--user={sec['uid']}:{sec['gid']}"] + [f"--group-add={g}" for g in sec["groups"]]
+    flags += [f"--cap-drop={c}" for c in sec["drop"]] + [f"--cap-add={c}" for c in sec["add"]]
+    if sec["no_new_privs"]:
+        flags.append("--security-opt=no-new-privileges")
+    return flags
 
 
 # --------------------------------------------------------------------------- checks
@@ -348,6 +427,7 @@ def dump(result) -> dict:
 
 def boot(pod: Pod, bin_path: str, keep: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix="cwpod", dir="/tmp"))  # short: ipc paths < 100 bytes
+    root.chmod(0o755)  # the containers' uids must get to their mounts, as on a node
     mounts = sorted({m["mountPath"] for c in pod.containers.values() for m in c.get("volumeMounts", [])})
     rw = Rewriter(root, mounts)
     lay_out(pod, root, rw)
@@ -377,13 +457,53 @@ def start(pod: Pod, name: str, root: Path, rw: Rewriter, bin_path: str, procs: l
     # (the warden gets absolute paths for everything), so the temp root stands in for it.
     cwd = rw.path(c["workingDir"]) if c.get("workingDir") else root
     logf = open(root / f"{name}.log", "wb")
+    priv = setpriv(pod.security(name))
     log(f"start {name}: {' '.join([program] + args[1:])}  (cwd {cwd}, env {sorted(env)})")
-    p = subprocess.Popen([program] + args[1:], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=logf,
+    log(f"  as {' '.join(priv[1:-1])}")
+    p = subprocess.Popen(priv + [program] + args[1:], cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=logf,
                          stderr=subprocess.STDOUT, start_new_session=True)
     p.name = name  # type: ignore[attr-defined]
     p.logfile = root / f"{name}.log"  # type: ignore[attr-defined]
     procs.append(p)
     return p
+
+
+def setpriv(sec: dict) -> list[str]:
+    """setpriv (util-linux) arguments that run a program the way the container runtime would
+    under the container's security context: uid, gid, supplementary groups (fsGroup), the
+    bounding set limited to the added capabilities when ALL are dropped (for uid 0 the
+    permitted and effective sets follow it at exec; for another uid they are empty anyway),
+    nothing inheritable or ambient, and no_new_privs."""
+    if sec["uid"] is None or sec["gid"] is None:
+        fail(f"the pod does not set runAsUser/runAsGroup: {sec}")
+    argv = ["setpriv", f"--reuid={sec['uid']}", f"--regid={sec['gid']}"]
+    argv.append(f"--groups={','.join(map(str, sec['groups']))}" if sec["groups"] else "--clear-groups")
+    if sec["drop"] != ["ALL"]:
+        fail(f"the test knows only `capabilities: drop: [ALL]` (plus adds), not {sec['drop']}")
+    argv.append("--bounding-set=" + ",".join(["-all"] + [f"+{c.lower()}" for c in sec["add"]]))
+    argv += ["--inh-caps=-all", "--ambient-caps=-all"]
+    if sec["no_new_privs"]:
+        argv.append("--no-new-privs")
+    return argv + ["--"]
+
+
+def ensure_image_users() -> None:
+    """The image's users on this machine (idempotent): circus switches only to a user with a
+    passwd entry, and the warden resolves the run-as user by name."""
+    for name, uid in IMAGE_USERS:
+        try:
+            grp.getgrgid(uid)
+        except KeyError:
+            subprocess.run(["groupadd", "--gid", str(uid), name], check=True, timeout=30)
+        try:
+            if pwd.getpwnam(name).pw_uid != uid:
+                fail(f"user {name} exists with uid {pwd.getpwnam(name).pw_uid}, the image has {uid}")
+        except KeyError:
+            subprocess.run(["useradd", "--uid", str(uid), "--gid", str(uid), "--no-create-home", "--home-dir",
+                            "/nonexistent", "--shell", "/usr/sbin/nologin", name], check=True, timeout=30,
+                           stderr=subprocess.DEVNULL)
+    log("users: " + ", ".join(f"{n}={pwd.getpwnam(n).pw_uid}:{pwd.getpwnam(n).pw_gid} groups "
+                              f"{sorted(g.gr_gid for g in grp.getgrall() if n in g.gr_mem) or '-'}" for n, _ in IMAGE_USERS))
 
 
 def stop_all(procs: list) -> None:
@@ -519,13 +639,52 @@ def level_rules(output: dict, watcher: str, stream: str, level: str) -> list[str
             and fnmatch.fnmatchcase(watcher, r.get("watchers", "*")) and r.get("stream", stream) == stream]
 
 
+def proc_creds(pid: int) -> dict[str, list[int]]:
+    """Uid, Gid (real, effective, saved, fs) and Groups of a process, as the kernel has them."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Uid", "Gid", "Groups"):
+            out[key] = [int(v) for v in value.split()]
+    out["Groups"] = sorted(out["Groups"])
+    return out
+
+
+def run_as_groups(user: pwd.struct_passwd) -> list[int]:
+    """The groups initgroups(3) gives the user: its primary group and those listing it."""
+    return sorted({user.pw_gid, *(g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem)})
+
+
 def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circusd_pid) -> None:
     log("GET /readyz -> 200")
+    # The shared paths: open to the warden's group (fsGroup), closed to everyone else, the
+    # run-as user included (circusd's start step, umask 007, the warden's 0770 directories).
+    gid = pod.fs_group
+    output_dir = Path(config.get("output", {}).get("dir", ""))
+    for path_, want in ((sock.parent, 0o2770), (output_dir, 0o2770)):
+        st = path_.stat()
+        if stat.S_IMODE(st.st_mode) != want or st.st_uid != 0 or st.st_gid != gid:
+            fail(f"{path_} is {oct(stat.S_IMODE(st.st_mode))} {st.st_uid}:{st.st_gid}, want {oct(want)} 0:{gid}")
     for path_ in (Path(control.removeprefix("ipc://")), Path(config["circus"]["pubsub_endpoint"].removeprefix("ipc://"))):
-        mode = stat.S_IMODE(path_.stat().st_mode)
-        if not stat.S_ISSOCK(path_.stat().st_mode) or mode & 0o077:
-            fail(f"{path_} is not a 0700 socket (mode {oct(mode)})")
-    log(f"ipc sockets are 0700: {sock.parent}")
+        st = path_.stat()
+        mode = stat.S_IMODE(st.st_mode)
+        if not stat.S_ISSOCK(st.st_mode) or mode & 0o007 or st.st_gid != gid:
+            fail(f"{path_} is not a socket closed to others with group {gid} (mode {oct(mode)}, group {st.st_gid})")
+    log(f"{sock.parent} and {output_dir} are 2770 root:{gid}; the ipc sockets {oct(mode)} group {gid}")
+    ini = rw.path("/etc/circus/circus.ini")
+    if ini.exists() and stat.S_IMODE(ini.stat().st_mode) & 0o007:
+        fail(f"circus.ini is readable by others: {oct(stat.S_IMODE(ini.stat().st_mode))}")
+
+    # The isolation level the warden assessed: uid (circusd is root and the run-as user
+    # reaches none of the control plane); the chart requires it by default.
+    status, body = http_get(base + "/readyz")
+    if "isolation: uid" not in body:
+        fail(f"/readyz does not report `isolation: uid`: {status} {body!r}")
+    for level, want in (("uid", 1), ("none", 0)):
+        got = metric(metrics_port, "circus_warden_isolation_level", {"level": level})
+        if got is not None and got != want or (level == "uid" and got is None):
+            fail(f"circus_warden_isolation_level{{level={level}}} is {got}, want {want}")
+    log(f"isolation: /readyz says {body.strip()!r}; circus_warden_isolation_level{{level=uid}} 1")
     status, body = http_get(base + "/healthz")
     if status != 200:
         fail(f"GET /healthz -> {status} {body}")
@@ -550,11 +709,26 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
         fail(f"multicast discovery is on: {opts.get('multicast_endpoint')}")
     log(f"circusd: ipc endpoints only, no TCP listener, no multicast, no circusd-stats; watchers {watchers}")
 
+    # circus.ini watchers run as their `uid` (the chart's default: circus-run), not as root.
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read_string(rw.path("/etc/circus/circus.ini").read_text())
+    for section in ini.sections():
+        if not section.startswith("watcher:"):
+            continue
+        user = pwd.getpwnam(ini[section].get("uid") or fail(f"circus.ini [{section}] has no uid: it would run as root"))
+        ini_name = section.removeprefix("watcher:")
+        for pid in wait_for(lambda: dealer.call("list", name=ini_name).get("pids"), 10, f"{ini_name}'s pid"):
+            creds = proc_creds(pid)
+            if creds["Uid"] != [user.pw_uid] * 4 or creds["Groups"] != run_as_groups(user):
+                fail(f"circus.ini watcher {ini_name} pid {pid} runs with {creds}, want {user.pw_name}")
+        log(f"circus.ini watcher {ini_name} runs as {user.pw_name} ({user.pw_uid}:{user.pw_gid})")
+
     probe = pod.containers["circusd"].get("livenessProbe", {}).get("exec", {}).get("command")
     if probe:
         argv = [rw(a) for a in probe]
         argv[0] = shutil.which(argv[0], path=str(VENV_BIN)) or argv[0]
-        r = subprocess.run(argv, capture_output=True, timeout=30)
+        # An exec probe runs in the container, with its security context.
+        r = subprocess.run(setpriv(pod.security("circusd")) + argv, capture_output=True, timeout=30)
         if r.returncode != 0:
             fail(f"circusd liveness probe {argv} -> {r.returncode}: {r.stdout!r} {r.stderr!r}")
         log("circusd liveness probe command -> 0")
@@ -585,6 +759,7 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
     log(f"Host: the Service names -> 200, evil.example.com -> {status}")
 
     policy = yaml.safe_load(Path(config["policy"]["path"]).read_text())
+    run_as = pwd.getpwnam(((policy.get("run_as") or {}).get("user")) or fail("the policy has no run_as.user"))
     identity = (re.findall(r'identity="([^"]+)"', tokens_env or "") or [config["server"].get("default_identity", "local")])[0]
     allowed = policy_allows_sleep(policy, identity)
     protected = [w for w in (policy.get("watchers") or {}).get("protected", []) if w in watchers]
@@ -625,6 +800,15 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
             log(f"MCP add_process /usr/bin/sleep -> ok; circusd runs {cmd!r} as pids {pids}")
             if not os.path.realpath(cmd.split()[0]) == os.path.realpath("/usr/bin/sleep"):
                 fail(f"circusd runs {cmd!r}, not /usr/bin/sleep")
+            for pid in pids:
+                creds = proc_creds(pid)
+                want = {"Uid": [run_as.pw_uid] * 4, "Gid": [run_as.pw_gid] * 4, "Groups": run_as_groups(run_as)}
+                if creds != want:
+                    fail(f"pid {pid} runs with {creds}, want {run_as.pw_name}'s {want}")
+                if gid in creds["Groups"]:
+                    fail(f"pid {pid} is in the warden's group {gid}")
+            log(f"/proc/{pids[0]}/status: uid/gid {run_as.pw_uid}/{run_as.pw_gid} ({run_as.pw_name}), groups "
+                f"{want['Groups']}: not circusd's uid 0, not in group {gid}")
             removed = dump(await session.call_tool("remove_process", {"name": name}))
             if removed["isError"]:
                 fail(f"remove_process failed: {removed}")
@@ -654,6 +838,10 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
             levels = [(e["stream"], e["level"]) for e in entries]
             if levels != [("stdout", "INFO"), ("stdout", "CRITICAL")]:
                 fail(f"get_logs {printer}: streams/levels {levels}, want stdout INFO then stdout CRITICAL")
+            for path_, want in ((out_dir / printer, 0o2770), (out_dir / printer / "stdout.log", 0o660)):
+                mode = stat.S_IMODE(path_.stat().st_mode)
+                if mode & 0o007 or not mode & 0o040 or path_.stat().st_gid != gid:
+                    fail(f"{path_} is {oct(mode)} group {path_.stat().st_gid}: want group {gid} access only ({oct(want)})")
             on_disk = (out_dir / printer / "stdout.log").read_text()
             if on_disk != "".join(f"{line}\n" for line in lines):
                 fail(f"{out_dir / printer / 'stdout.log'} holds {on_disk!r}")
@@ -700,10 +888,11 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
         # Hot reload through a kubelet-style ConfigMap update (a `..data` symlink swap).
         policy_dir = Path(config["policy"]["path"]).parent
         files = {p.name: p.read_text() for p in policy_dir.iterdir() if not p.name.startswith("..")}
+        kubelet = (stat.S_IMODE(Path(config["policy"]["path"]).stat().st_mode), gid)
         original = files["default.yaml"]
         gen = policy_generation(metrics_port)
         failures = metric(metrics_port, "circus_warden_policy_reloads_total", {"result": "failure"}) or 0
-        configmap_dir(policy_dir, {**files, "default.yaml": "version: 1\nidentities: {}\nprogramz: []\n"})
+        configmap_dir(policy_dir, {**files, "default.yaml": "version: 1\nidentities: {}\nprogramz: []\n"}, *kubelet)
         await until(lambda: (metric(metrics_port, "circus_warden_policy_reloads_total", {"result": "failure"}) or 0) > failures,
                     15, "the broken policy to be rejected")
         if policy_generation(metrics_port) != gen:
@@ -711,14 +900,14 @@ def checks(pod, config, rw, base, http_port, metrics_port, control, sock, circus
         log(f"policy update with an unknown key -> rejected (reloads_total{{result=failure}} "
             f"{failures:g} -> {failures + 1:g}); generation {gen} stays active")
         tightened = yaml.safe_dump({**policy, "programs": []}, sort_keys=False)
-        configmap_dir(policy_dir, {**files, "default.yaml": tightened})
+        configmap_dir(policy_dir, {**files, "default.yaml": tightened}, *kubelet)
         await until(lambda: policy_generation(metrics_port) > gen, 15, "the new policy to be loaded")
         again = dump(await session.call_tool("add_process", {"name": name, "command": "/usr/bin/sleep", "args": ["300"]}))
         kind = again.get("structuredContent", {}).get("error", {}).get("kind")
         if not again["isError"] or kind != "denied" or name in dealer.call("list")["watchers"]:
             fail(f"after the reload without programs, add_process was not denied: {again}")
         log(f"policy update without programs -> generation {policy_generation(metrics_port)}; add_process -> denied")
-        configmap_dir(policy_dir, {**files, "default.yaml": original})
+        configmap_dir(policy_dir, {**files, "default.yaml": original}, *kubelet)
 
         # The series the chart's alerts use. crash_looping needs a watcher event, and the log
         # series a watcher that wrote output (the podboot-print step above).
@@ -751,9 +940,12 @@ def main() -> int:
     signal.alarm(WATCHDOG_S)
     started = time.monotonic()
     pod = Pod(render(a.helm, a.values))
+    if os.geteuid() != 0:
+        fail("run as root: the containers' uids and groups are set with setpriv and chown, as a node would")
     if a.extract_only:
         extract_only(pod, Path(a.extract_only))
         return 0
+    ensure_image_users()
     if not os.access(a.bin, os.X_OK):
         fail(f"{a.bin} is not an executable (build it: cargo build --release)")
     log(f"values: {a.values or ['(chart defaults)']}; binary {a.bin}")

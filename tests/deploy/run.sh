@@ -62,12 +62,13 @@ done
 # The schema is strict: unknown keys and malformed tokens are refused.
 for bad in "unknownKey=1" "config.gate.executabls[0]=/bin/true" "auth.tokens[0].identity=ci,auth.tokens[0].token=short" \
            "auth.tokens[0].identity=ci,auth.tokens[0].token=has\"quote0123456789" "image.pullPolicy=Sometimes" \
-           "config.output.dir=/var/tmp/out" "config.output.alerts[0].id=x,config.output.alerts[0].severity=info"; do
+           "config.output.dir=/var/tmp/out" "config.output.alerts[0].id=x,config.output.alerts[0].severity=info" \
+           "config.isolation.require=maybe" "circusd.watchers[0].name=w,circusd.watchers[0].cmd=/bin/true,circusd.watchers[0].user=root"; do
     if "$HELM" lint --strict "$CHART" --set "$bad" >/dev/null 2>&1; then
         echo "values.schema.json accepted --set $bad" >&2; exit 1
     fi
 done
-echo "schema refuses unknown keys, misspelt keys, short or unsafe tokens, bad enums, the chart-owned output.dir, an alert rule without a kind"
+echo "schema refuses unknown keys, misspelt keys, short or unsafe tokens, bad enums, the chart-owned output.dir, an alert rule without a kind, an unknown isolation level, a root ini watcher"
 "$VPY" tests/deploy/values_doc.py --check
 step_end
 

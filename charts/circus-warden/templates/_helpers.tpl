@@ -73,16 +73,17 @@ app.kubernetes.io/part-of: circus-warden
 
 {{/*
 circus.ini: ipc sockets only (a TCP endpoint is reachable by the managed processes through
-loopback, which would bypass the warden), umask 077 so the sockets are 0700, multicast
-discovery off (empty multicast_endpoint), no circusd-stats (statsd off and no stats_endpoint
-line: naming one turns circusd-stats on).
+loopback, which would bypass the warden), umask 007 so the sockets and output files are open
+to circusd's group (the warden's, 10001) and closed to everyone else, the run-as user
+included, multicast discovery off (empty multicast_endpoint), no circusd-stats (statsd off
+and no stats_endpoint line: naming one turns circusd-stats on).
 */}}
 {{- define "circus-warden.circusIni" -}}
 # circus.ini -- circusd's configuration in the circus-warden pod (rendered by the chart).
 [circus]
 endpoint = {{ include "circus-warden.controlEndpoint" . }}
 pubsub_endpoint = {{ include "circus-warden.pubsubEndpoint" . }}
-umask = 077
+umask = 007
 multicast_endpoint =
 statsd = False
 check_delay = {{ .Values.circusd.checkDelay }}
@@ -96,6 +97,7 @@ cmd = {{ .cmd }}
 args = {{ . }}
 {{- end }}
 numprocesses = {{ default 1 .numprocesses }}
+uid = {{ default "circus-run" .user }}
 {{- with .workingDir }}
 working_dir = {{ . }}
 {{- end }}
