@@ -3,14 +3,22 @@
 # runs the image three ways (owned by the deployment artefacts; run by `make test-container`):
 #   1. `circus-warden --version` and `circusd --version`;
 #   2. standalone embedded mode: the image's default CMD (`circus-warden serve` with the
-#      image's config and policy; circusd started by the warden), as the chart's security
-#      context would run it (read-only root, tmpfs /tmp, no capabilities, uid 10001) on a
-#      loopback port with --network host; /readyz must answer 200;
-#   3. the chart's pod layout: two containers of the image, `circusd /etc/circus/circus.ini`
-#      and `circus-warden serve --config ...` with the files rendered by the chart, sharing
-#      only a /run/circus directory (the ipc sockets, 0700, uid 10001) and a
-#      /var/log/circus-warden directory (the warden's output.dir, as the chart's emptyDir);
-#      /readyz must answer 200 and the circusd liveness probe command must pass.
+#      image's config and policy; circusd started by the warden), as the chart's warden
+#      security context would run it (read-only root, tmpfs /tmp, no capabilities, uid 10001)
+#      on a loopback port with --network host; /readyz must answer 200 and report isolation
+#      `none` (circusd runs as 10001 there), with a warning in the warden's log;
+#   3. the chart's pod layout, with tests/deploy/values-smoke.yaml: two containers of the
+#      image, circusd (`sh -c 'chmod 2770 ... && exec circusd /etc/circus/circus.ini'`) and
+#      `circus-warden serve --config ...`, with the files rendered by the chart (ConfigMap
+#      modes and group kept) and each container's security context as Docker flags (circusd:
+#      --user 0:10001 --group-add 10001 --cap-drop ALL --cap-add SETUID/SETGID/KILL
+#      --security-opt no-new-privileges --read-only; the warden: 10001, no capabilities),
+#      sharing only a /run/circus and a /var/log/circus-warden directory, made like the
+#      chart's emptyDirs with fsGroup (2777 root:10001) and set to 2770 by circusd's start
+#      step; /readyz must answer 200 and report isolation `uid`, the circusd liveness probe
+#      command must pass, the token must be needed; then the hostile process
+#      (tests/isolation/hostile.py, mounted read-only at /opt/isolation) is added through
+#      the warden and every way around it must be blocked (tests/deploy/hostile_smoke.py).
 #
 # No image can be pulled here, so the two base images the Dockerfile names are stand-ins built
 # locally with mmdebstrap and `docker import`ed under the exact tags:
@@ -54,6 +62,21 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
+
+# check_isolation PORT LEVEL: /readyz names the level, the gauge is 1 for it and not for the other.
+check_isolation() {
+    local port=$1 level=$2 other body metrics
+    other=$([[ $level == uid ]] && echo none || echo uid)
+    body=$(curl -s --max-time 5 "http://127.0.0.1:$port/readyz")
+    [[ $body == *"isolation: $level"* ]] || { echo "/readyz does not say isolation: $level: $body" >&2; return 1; }
+    metrics=$(curl -s --max-time 5 "http://127.0.0.1:$port/metrics")
+    grep -qE "^circus_warden_isolation_level\{level=\"$level\"\} 1\b" <<<"$metrics" \
+        || { echo "circus_warden_isolation_level{level=\"$level\"} is not 1:" >&2; grep isolation <<<"$metrics" >&2; return 1; }
+    if grep -qE "^circus_warden_isolation_level\{level=\"$other\"\} 1\b" <<<"$metrics"; then
+        echo "circus_warden_isolation_level{level=\"$other\"} is 1 too" >&2; return 1
+    fi
+    echo "isolation $level: /readyz body ${body//$'\n'/ | }; circus_warden_isolation_level{level=\"$level\"} 1"
+}
 
 free_port() { "$VPY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -164,33 +187,63 @@ START=$(date +%s%N)
 if ! wait_ready "http://127.0.0.1:$PORT/readyz" 60; then docker logs "$C" >&2; exit 1; fi
 echo "ready after $(( ($(date +%s%N) - START) / 1000000 )) ms"
 curl -fsS --max-time 2 "http://127.0.0.1:$PORT/healthz"; echo
+# circusd runs as the warden's uid here: no uid isolation, and the warden says so.
+check_isolation "$PORT" none
+docker logs "$C" 2>&1 | grep -i 'isolation' | grep -qiE 'warn' \
+    || { echo "the warden did not warn about isolation none:" >&2; docker logs "$C" >&2; exit 1; }
+echo "warden log: $(docker logs "$C" 2>&1 | grep -i 'isolation' | head -n 1 | cut -c1-300)"
 docker top "$C" -eo pid,user,args
 docker stop -t 20 "$C" >/dev/null
 echo "exit code after docker stop: $(docker inspect -f '{{.State.ExitCode}}' "$C")"
 
-step "3. the chart's pod layout: circusd + warden containers sharing /run/circus and /var/log/circus-warden"
+step "3. the chart's pod layout (values-smoke.yaml): circusd (uid 0, SETUID/SETGID/KILL) + warden (10001), the hostile process"
 mkdir -p "$WORK/pod"
-"$VPY" tests/deploy/pod_boot.py --extract-only "$WORK/pod" --helm "$HELM"
+"$VPY" tests/deploy/pod_boot.py --extract-only "$WORK/pod" --helm "$HELM" -f tests/deploy/values-smoke.yaml
+FSGROUP=$(cat "$WORK/pod/fsgroup")
+mapfile -t CIRCUSD_SEC < "$WORK/pod/circusd.security"
+mapfile -t WARDEN_SEC < "$WORK/pod/warden.security"
+echo "circusd: ${CIRCUSD_SEC[*]}"
+echo "warden:  ${WARDEN_SEC[*]}"
+# The shared directories as the kubelet makes the emptyDirs: 0777, plus fsGroup's group and
+# the setgid bit. circusd's start step must close them to 2770 itself.
 RUN_DIR=$WORK/pod/run-circus
-mkdir -p "$RUN_DIR" && chown 10001:10001 "$RUN_DIR" && chmod 0770 "$RUN_DIR"
 LOG_DIR=$WORK/pod/process-logs
-mkdir -p "$LOG_DIR" && chown 10001:10001 "$LOG_DIR" && chmod 0770 "$LOG_DIR"
+for d in "$RUN_DIR" "$LOG_DIR"; do mkdir -p "$d" && chown "0:$FSGROUP" "$d" && chmod 2777 "$d"; done
+chmod 0755 "$WORK" "$WORK/pod"
+ls -ln "$WORK/pod/etc-circus" "$WORK/pod/etc-circus-warden"
 PORT=$(free_port)
 CD=cw-smoke-circusd-$$; CW=cw-smoke-warden-$$
 CONTAINERS+=("$CD" "$CW")
 mapfile -t CIRCUSD_ARGS < "$WORK/pod/circusd.args"
 mapfile -t WARDEN_ARGS < "$WORK/pod/warden.args"
 CIRCUSD_WD=$(cat "$WORK/pod/circusd.workdir")
-docker run -d --name "$CD" --network none "${HARDEN[@]}" ${CIRCUSD_WD:+-w "$CIRCUSD_WD"} \
+docker run -d --name "$CD" --network none --read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m,mode=1777 \
+    "${CIRCUSD_SEC[@]}" ${CIRCUSD_WD:+-w "$CIRCUSD_WD"} \
     -v "$RUN_DIR:/run/circus" -v "$LOG_DIR:/var/log/circus-warden" -v "$WORK/pod/etc-circus:/etc/circus:ro" \
+    -v "$ROOT/tests/isolation:/opt/isolation:ro" \
     "$IMAGE" "${CIRCUSD_ARGS[@]}" >/dev/null
+for _ in $(seq 1 80); do [[ -S $RUN_DIR/control.sock ]] && break; sleep 0.25; done
+[[ -S $RUN_DIR/control.sock ]] || { echo "circusd made no control socket within 20 s" >&2; docker logs "$CD" >&2; exit 1; }
 # Same files and args as the pod; only the bind moves to a free loopback port (host network).
-docker run -d --name "$CW" --network host "${HARDEN[@]}" \
+docker run -d --name "$CW" --network host --read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m,uid=10001,gid=10001,mode=1777 \
+    "${WARDEN_SEC[@]}" \
     -v "$RUN_DIR:/run/circus" -v "$LOG_DIR:/var/log/circus-warden" -v "$WORK/pod/etc-circus-warden:/etc/circus-warden:ro" \
     --env-file "$WORK/pod/warden.env" -e "CIRCUS_WARDEN_SERVER__BIND=127.0.0.1:$PORT" \
     "$IMAGE" "${WARDEN_ARGS[@]}" >/dev/null
 if ! wait_ready "http://127.0.0.1:$PORT/readyz" 60; then docker logs "$CD" >&2; docker logs "$CW" >&2; exit 1; fi
-ls -ln "$RUN_DIR" "$LOG_DIR"
+ls -lnd "$RUN_DIR" "$LOG_DIR"; ls -ln "$RUN_DIR"
+for d in "$RUN_DIR" "$LOG_DIR"; do
+    got=$(stat -c '%a %u %g' "$d")
+    [[ $got == "2770 0 $FSGROUP" ]] || { echo "$d is $got, want 2770 0 $FSGROUP" >&2; exit 1; }
+done
+for s in "$RUN_DIR/control.sock" "$RUN_DIR/pubsub.sock"; do
+    got=$(stat -c '%a %g' "$s")
+    [[ $got == "770 $FSGROUP" ]] || { echo "$s is $got, want 770 $FSGROUP" >&2; exit 1; }
+done
+echo "shared dirs 2770 root:$FSGROUP, sockets 0770 group $FSGROUP"
+docker top "$CD" -eo pid,uid,gid,args
+check_isolation "$PORT" uid
+echo "warden log: $(docker logs "$CW" 2>&1 | grep -i 'isolation' | head -n 1 | cut -c1-300)"
 mapfile -t PROBE < "$WORK/pod/circusd.liveness"
 docker exec "$CD" "${PROBE[@]}" >/dev/null && echo "circusd liveness probe command: ok"
 # The tokens arrived through the env file exactly as the kubelet would set them.
@@ -203,5 +256,11 @@ mcp_status() {
 [[ -n $TOKEN ]] || { echo "no token in the rendered warden env" >&2; exit 1; }
 code=$(mcp_status -H "Authorization: Bearer $TOKEN"); echo "POST /mcp initialize with the token -> $code"; [[ $code == 200 ]]
 code=$(mcp_status); echo "POST /mcp initialize without a token -> $code"; [[ $code == 401 ]]
+if ! timeout 150 "$VPY" tests/deploy/hostile_smoke.py --url "http://127.0.0.1:$PORT/mcp" --token "$TOKEN" \
+        --host-control "$RUN_DIR/control.sock" --container "$CD"; then
+    echo "----- circusd log"; docker logs "$CD" 2>&1 | tail -n 40
+    echo "----- warden log"; docker logs "$CW" 2>&1 | tail -n 40
+    exit 1
+fi
 docker stop -t 20 "$CW" "$CD" >/dev/null
 echo "exit codes after docker stop: warden $(docker inspect -f '{{.State.ExitCode}}' "$CW"), circusd $(docker inspect -f '{{.State.ExitCode}}' "$CD")"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # tests/deploy/run.sh -- the deploy tests (`make test-deploy`): the Helm chart
 # charts/circus-warden and the Dockerfile, checked without a cluster or a container engine.
-#   1. helm lint --strict: default values, tests/deploy/values-all.yaml (every feature) and
-#      values-existing-secret.yaml; values.schema.json must refuse bad values; the chart
+#   1. helm lint --strict: default values, tests/deploy/values-all.yaml (every feature),
+#      values-existing-secret.yaml and values-smoke.yaml (container_smoke.sh's hostile-process
+#      policy); values.schema.json must refuse bad values; the chart
 #      README's values table must match values.yaml (values_doc.py --check).
 #   2. helm template | kubernetes-validate --strict for several Kubernetes versions. Built-in
 #      kinds are validated against kubernetes-validate's schemas; it only warns about kinds it
@@ -16,8 +17,10 @@
 #   4. promtool check rules on the rendered PrometheusRule and promtool test rules
 #      (tests/deploy/rules-test.yml: every alert, firing and not firing).
 #   5. pod_boot.py: the rendered pod booted locally (circusd + the warden, the chart's files,
-#      args and env) and driven over MCP, with default values and with values-all.yaml (which
-#      also has a process print to the shared output directory and reads it with get_logs).
+#      args, env and security contexts: circusd as uid 0 with SETUID/SETGID/KILL only, the
+#      warden as 10001) and driven over MCP, with default values and with values-all.yaml
+#      (which also has a process print to the shared output directory and reads it with
+#      get_logs, and checks that an added process runs as the run-as user). Needs root.
 # Tools: .tools/deploy-venv (helm, kubernetes-validate, checkov, hadolint), promtool (apt
 # `prometheus`), .venv (circus, mcp, PyYAML), target/release/circus-warden; the Makefile
 # target installs and builds them. Prints each step's duration.
@@ -41,8 +44,9 @@ declare -A VALUES=(
     [default]=""
     [all]="tests/deploy/values-all.yaml"
     [existing-secret]="tests/deploy/values-existing-secret.yaml"
+    [smoke]="tests/deploy/values-smoke.yaml"
 )
-NAMES=(default all existing-secret)
+NAMES=(default all existing-secret smoke)
 values_args() { [[ -n ${VALUES[$1]} ]] && printf -- '-f\n%s\n' "${VALUES[$1]}"; return 0; }
 
 T0=$(date +%s)
