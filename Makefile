@@ -54,7 +54,16 @@ run: venv build
 system-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }
 
-test: venv tools system-tools
+# The unprivileged user managed processes run as (policies/default.yaml's run_as; the image
+# ships it as uid 10002). Created when running as root; the isolation tests need it.
+RUN_USER ?= circus-run
+.PHONY: run-user
+run-user:
+	@if [ "$$(id -u)" = 0 ] && ! id $(RUN_USER) >/dev/null 2>&1; then \
+	  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin $(RUN_USER) && echo "created the system user $(RUN_USER)"; \
+	fi
+
+test: venv tools system-tools run-user
 	cargo fmt --check
 	$(VENV_PATH) $(CARGO_TEST) --release
 	cargo build --release
@@ -67,7 +76,7 @@ test: venv tools system-tools
 test-rust: venv
 	$(VENV_PATH) $(CARGO_TEST) --release
 
-test-e2e: venv tools build
+test-e2e: venv tools build run-user
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) -m pytest tests/e2e -q $(PYTEST_ARGS)
 
 bench: venv build

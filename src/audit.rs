@@ -44,6 +44,14 @@ pub struct DecisionRecord<'a> {
     pub tool: &'a str,
     pub request: Value,
     pub decision: &'static str,
+    /// For an allowed add: the checked argv, the account its processes run as (absent:
+    /// circusd's own user) and the command sent, env values redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub argv: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<&'a crate::isolation::users::Account>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_send: Option<Value>,
     pub rules: &'a [String],
     pub violations: &'a [crate::policy::Violation],
     pub policy_generation: u64,
@@ -189,6 +197,9 @@ mod tests {
             tool: "stop_process",
             request: serde_json::json!({"name": "w"}),
             decision: "allow",
+            argv: None,
+            run_as: None,
+            would_send: None,
             rules: &[],
             violations: &[],
             policy_generation: 1,

@@ -30,6 +30,21 @@ pub struct Config {
     pub log: LogConfig,
     #[validate(nested)]
     pub output: OutputConfig,
+    #[validate(nested)]
+    pub isolation: IsolationConfig,
+    /// The YAML file the configuration was read from, if any (not a setting).
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+/// How far managed processes must be kept from the control plane (docs/policy.md, Isolation).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, Validate)]
+#[serde(deny_unknown_fields, default)]
+pub struct IsolationConfig {
+    /// `uid`: refuse to start, and to add processes, unless managed processes run under their
+    /// own uid and cannot reach circusd, the logs or the warden. `none` (the default): take
+    /// the best level available and warn when it is `none`.
+    pub require: crate::isolation::Level,
 }
 
 /// How to reach circusd, or how to run the embedded one.
@@ -431,12 +446,13 @@ impl Config {
         if let Some(f) = overrides.log_format {
             cli = cli.merge(Serialized::default("log.format", f));
         }
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(cli)
             .extract()
             .map_err(|e| ConfigError(e.into_iter().map(|e| describe_figment_error(&e)).collect::<Vec<_>>().join("\n")))?;
         let source = file.as_ref().map_or("config".to_string(), |p| p.display().to_string());
         config.validate().map_err(|e| ConfigError(describe_validation(&source, &e)))?;
+        config.file = file;
         Ok(config)
     }
 

@@ -11,6 +11,8 @@
 //!
 //! - [`policy`]: the compiled policy and its pure decision.
 //! - [`output`]: the processes' output: files, tailer, classification, capped buffers, alerts.
+//! - [`isolation`]: the run-as accounts of managed processes, and the level of isolation
+//!   from the control plane that the warden achieved.
 //!
 //! Around it: [`config`] (figment layers and validation), [`audit`], [`metrics`] (the
 //! Prometheus registry), [`serve`] (wiring and shutdown).
@@ -18,6 +20,7 @@
 pub mod audit;
 pub mod circus;
 pub mod config;
+pub mod isolation;
 pub mod mcp;
 pub mod metrics;
 pub mod output;

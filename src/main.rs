@@ -205,6 +205,10 @@ fn policy_command(cmd: PolicyCmd) -> ExitCode {
                 watchers: u32,
                 #[serde(default)]
                 total_processes: u32,
+                /// circusd runs as root, so `run_as` applies (default false: processes would
+                /// run as circusd's own user).
+                #[serde(default)]
+                circusd_root: bool,
             }
             let policy = match Policy::load(&policy) {
                 Ok(p) => p,
@@ -235,11 +239,14 @@ fn policy_command(cmd: PolicyCmd) -> ExitCode {
             f.target = input.target;
             f.watchers = input.watchers;
             f.total_processes = input.total_processes;
+            f.circusd_switches = input.circusd_root;
             let d = decide(&policy, &Request { identity: input.identity, action }, &f);
             let out = serde_json::json!({
                 "decision": if d.allow { "allow" } else { "deny" },
                 "rules": d.rules,
                 "violations": d.violations,
+                "argv": d.command.as_ref().and_then(|c| c.argv()),
+                "run_as": d.run_as,
                 "would_send": d.command.as_ref().map(|c| c.preview()),
             });
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub log_alerts: IntCounterVec,
     pub log_followers: IntGauge,
     pub log_follow_skipped: prometheus::IntCounter,
+    pub isolation_level: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -77,6 +78,12 @@ impl Metrics {
             ),
             circus_call_seconds: register(&r, HistogramVec::new(timing, &["command"]).expect("valid metric")),
             circus_up: gauge(&r, "circus_up", "1 while circusd answered the last reconcile, else 0."),
+            isolation_level: gauge_vec(
+                &r,
+                "isolation_level",
+                "1 for the isolation level the warden achieved (uid: managed processes run under their own uid and cannot reach the control plane; none: they can), 0 for the other.",
+                &["level"],
+            ),
             watchers: gauge_vec(&r, "watchers", "Watchers by state, as circusd last reported them.", &["state"]),
             spawns: counter(&r, "process_spawns_total", "Processes spawned, by watcher.", &["watcher"]),
             reaps: counter(

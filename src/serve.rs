@@ -15,6 +15,7 @@ use crate::circus::events::{CrashLoop, ProcessView, follow};
 use crate::circus::supervisor::{Layout, find_circusd, supervise};
 use crate::circus::{CircusClient, Command, Endpoints};
 use crate::config::{Config, Transport};
+use crate::isolation::{ControlPlane, Isolation, Level};
 use crate::mcp::{self, Identity, Server};
 use crate::metrics::Metrics;
 use crate::output::store::{Caps, Store};
@@ -24,6 +25,10 @@ use crate::policy::reload::ActivePolicy;
 use crate::request::{Gate, Warden};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Group-shared, never world-accessible: what the warden and the embedded circusd create
+    // (output directories, positions, audit log) is closed to the managed processes' uid.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0o007) };
     let stop = CancellationToken::new();
     let metrics = Metrics::new();
     // The policy and the audit log come first: without them nothing may run.
@@ -34,14 +39,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let audit = Audit::open(&config.audit, metrics.clone()).context("cannot open the audit log")?;
 
     let mut supervisor = None;
+    let mut plane = ControlPlane::default();
     let endpoints = match &config.circus.endpoint {
-        Some(control) => Endpoints { control: control.clone(), pubsub: config.circus.pubsub_endpoint.clone() },
+        Some(control) => {
+            plane.add_endpoint(control);
+            if let Some(p) = &config.circus.pubsub_endpoint {
+                plane.add_endpoint(p);
+            }
+            Endpoints { control: control.clone(), pubsub: config.circus.pubsub_endpoint.clone() }
+        }
         None => {
             let program = find_circusd(config.circus.circusd_path.as_deref()).map_err(anyhow::Error::msg)?;
             let layout =
                 Layout::create(config.circus.runtime_dir.as_deref()).context("cannot create the private runtime directory for circusd")?;
             tracing::info!(circusd = %program.display(), runtime_dir = %layout.runtime_dir.display(), "starting the embedded circusd");
             let endpoints = layout.endpoints.clone();
+            plane.dirs.push(layout.runtime_dir.clone());
             supervisor = Some(tokio::spawn(supervise(program, layout, config.circus.clone(), stop.clone())));
             endpoints
         }
@@ -54,12 +67,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let view = ProcessView::new(Some(metrics.clone()), crash_loop);
     let interval = Duration::from_millis(config.circus.reconcile_interval_ms);
     tokio::spawn(follow(client.clone(), endpoints.pubsub.clone(), view.clone(), interval, stop.clone()));
-    if supervisor.is_some() {
+    let required = config.isolation.require;
+    if supervisor.is_some() || required > Level::None {
         wait_ready(&client, Duration::from_secs(10)).await;
     }
 
-    let mut gate = Gate::new(policy, audit, metrics.clone());
-    let (logs, tailer) = match start_output(&config, &metrics)? {
+    let output = start_output(&config, &metrics)?;
+    if let Some((_, files, _)) = &output {
+        plane.dirs.push(files.dir.clone());
+    }
+    plane.files.extend(config.audit.path.iter().chain(config.file.iter()).cloned());
+    let isolation = Isolation::new(required);
+    let first = isolation.refresh(&client, &policy.get(), &plane, &metrics).await;
+    if first.level < required {
+        anyhow::bail!("isolation.require is {}, but the isolation level is {}", required.as_str(), first.summary());
+    }
+    tokio::spawn(isolation.clone().watch(client.clone(), policy.clone(), plane, metrics.clone(), stop.clone()));
+
+    let mut gate = Gate::new(policy, audit, isolation.clone(), metrics.clone());
+    let (logs, tailer) = match output {
         Some((logs, files, tailer)) => {
             gate.output = Some(files);
             (Some(logs), Some(tailer))
@@ -70,7 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(addr) = config.server.metrics_bind {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         tracing::info!(%addr, "admin endpoints: /metrics /healthz /readyz");
-        tokio::spawn(mcp::http::serve_admin(listener, metrics.clone(), client.clone(), stop.clone()));
+        tokio::spawn(mcp::http::serve_admin(listener, metrics.clone(), client.clone(), isolation.clone(), stop.clone()));
     }
     let server = Server::new(warden, Identity(config.server.default_identity.clone()));
     let result = match config.server.transport {
@@ -101,7 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 endpoints.control
             );
             tokio::select! {
-                r = mcp::http::serve(server, &config.server, client.clone(), metrics.clone(), listener, stop.clone()) => r,
+                r = mcp::http::serve(server, &config.server, client.clone(), metrics.clone(), isolation.clone(), listener, stop.clone()) => r,
                 _ = shutdown_signal() => Ok(()),
             }
         }
@@ -130,6 +156,7 @@ fn start_output(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<(Lo
     let dir = o.dir();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the output directory {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+    close_to_others(&dir);
     let caps = Caps { stream: o.stream_cap_bytes, global: o.global_cap_bytes, max_watchers: o.max_watchers };
     let store = Store::new(caps, o.alerting().map_err(anyhow::Error::msg)?, Some(metrics.clone()));
     let limits = ReadLimits {
@@ -156,6 +183,20 @@ fn start_output(config: &Config, metrics: &Metrics) -> anyhow::Result<Option<(Lo
     tracing::info!(dir = %dir.display(), "following process output");
     let files = Files { dir, max_bytes: o.max_file_bytes, backup_count: o.backup_count };
     Ok(Some((logs, files, (stop, handle))))
+}
+
+/// Takes every permission for "others" off a directory the warden owns: managed processes
+/// run under a uid of their own and must not enter the output directory.
+fn close_to_others(dir: &std::path::Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Ok(meta) = std::fs::metadata(dir) else { return };
+    if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o007 != 0 {
+        let mode = meta.mode() & 0o7770;
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)) {
+            Ok(()) => tracing::info!(dir = %dir.display(), mode = format!("{mode:o}"), "closed the output directory to other users"),
+            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot close the output directory to other users"),
+        }
+    }
 }
 
 /// Waits until circusd answers, so a freshly started warden is ready when it says so.

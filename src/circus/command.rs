@@ -103,6 +103,8 @@ pub enum Command {
     /// Processes across every watcher.
     NumProcessesAll,
     GlobalOptions,
+    /// circusd's own process: pid, user, start time.
+    DStats,
     Add {
         name: WatcherName,
         cmd: String,
@@ -149,6 +151,7 @@ impl Command {
             Command::Options { .. } => "options",
             Command::NumProcesses { .. } | Command::NumProcessesAll => "numprocesses",
             Command::GlobalOptions => "globaloptions",
+            Command::DStats => "dstats",
             Command::Add { .. } => "add",
             Command::Start { .. } => "start",
             Command::Stop { .. } => "stop",
@@ -165,7 +168,7 @@ impl Command {
     pub fn watcher(&self) -> Option<&WatcherName> {
         match self {
             Command::List { name } | Command::Status { name } | Command::Stats { name } => name.as_ref(),
-            Command::GlobalOptions | Command::NumProcessesAll => None,
+            Command::GlobalOptions | Command::DStats | Command::NumProcessesAll => None,
             Command::Options { name }
             | Command::NumProcesses { name }
             | Command::Add { name, .. }
@@ -191,6 +194,7 @@ impl Command {
                 | Command::NumProcesses { .. }
                 | Command::NumProcessesAll
                 | Command::GlobalOptions
+                | Command::DStats
         )
     }
 
@@ -205,7 +209,7 @@ impl Command {
         match self {
             Command::List { name } | Command::Status { name } | Command::Stats { name } => maybe(name),
             Command::Options { name } | Command::NumProcesses { name } => named(name),
-            Command::GlobalOptions | Command::NumProcessesAll => json!({}),
+            Command::GlobalOptions | Command::DStats | Command::NumProcessesAll => json!({}),
             Command::Add { name, cmd, args, options, start } => json!({
                 "name": name.as_str(), "cmd": cmd, "args": args, "options": options,
                 "start": start, "waiting": start,
@@ -221,6 +225,16 @@ impl Command {
                 json!({ "name": name.as_str(), "nb": nb, "waiting": true })
             }
             Command::Signal { name, signum } => json!({ "name": name.as_str(), "signum": signum }),
+        }
+    }
+
+    /// For an add, the argv its processes get: the executable, then the checked arguments.
+    pub fn argv(&self) -> Option<Vec<String>> {
+        match self {
+            Command::Add { cmd, args, .. } => {
+                Some(std::iter::once(crate::policy::decide::shell_unquote(cmd)).chain(args.iter().cloned()).collect())
+            }
+            _ => None,
         }
     }
 
@@ -258,6 +272,7 @@ mod tests {
         let all = [
             Command::List { name: None },
             Command::GlobalOptions,
+            Command::DStats,
             Command::Signal { name: name("a"), signum: 1 },
             Command::Add { name: name("a"), cmd: "/bin/true".into(), args: vec![], options: AddOptions::default(), start: false },
         ];

@@ -27,6 +27,7 @@ use std::sync::atomic::AtomicUsize;
 use super::{Identity, Server, follow};
 use crate::circus::{CircusClient, Command, WatcherName};
 use crate::config::ServerConfig;
+use crate::isolation::Isolation;
 use crate::metrics::Metrics;
 use crate::policy::Action;
 use crate::request::Warden;
@@ -76,6 +77,7 @@ struct Edge {
 struct Probes {
     circus: CircusClient,
     metrics: Metrics,
+    isolation: Isolation,
 }
 
 impl Probes {
@@ -86,7 +88,7 @@ impl Probes {
         Some(match req.uri().path() {
             "/healthz" => plain(StatusCode::OK, "ok"),
             "/readyz" => match self.circus.call(Command::Status { name: None }).await {
-                Ok(_) => plain(StatusCode::OK, "ready: circusd answers"),
+                Ok(_) => plain(StatusCode::OK, &format!("ready: circusd answers\nisolation: {}", self.isolation.get().summary())),
                 Err(e) => plain(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {e}")),
             },
             "/metrics" => {
@@ -100,8 +102,8 @@ impl Probes {
 }
 
 /// Serves only the probes and metrics on `listener` until `stop` is cancelled.
-pub async fn serve_admin(listener: TcpListener, metrics: Metrics, circus: CircusClient, stop: CancellationToken) {
-    let probes = Probes { circus, metrics };
+pub async fn serve_admin(listener: TcpListener, metrics: Metrics, circus: CircusClient, isolation: Isolation, stop: CancellationToken) {
+    let probes = Probes { circus, metrics, isolation };
     accept_loop(listener, ADMIN_CONNECTIONS, stop, move |req| {
         let probes = probes.clone();
         async move { probes.answer(&req).await.unwrap_or_else(|| plain(StatusCode::NOT_FOUND, "not found")) }
@@ -115,6 +117,7 @@ pub async fn serve(
     cfg: &ServerConfig,
     circus: CircusClient,
     metrics: Metrics,
+    isolation: Isolation,
     listener: TcpListener,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -137,7 +140,7 @@ pub async fn serve(
         max_body: cfg.max_body_bytes,
         max_sessions: cfg.max_sessions,
         default_identity: cfg.default_identity.clone(),
-        probes: Probes { circus, metrics },
+        probes: Probes { circus, metrics, isolation },
     });
     // The session gauge is also read on the admin listener, which cannot see the sessions:
     // refresh it every second here.

@@ -61,7 +61,7 @@ impl Files {
     pub fn prepare(&self, name: &WatcherName) -> std::io::Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = self.watcher_dir(name);
-        match std::fs::DirBuilder::new().mode(0o750).create(&dir) {
+        match std::fs::DirBuilder::new().mode(0o770).create(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 if std::fs::symlink_metadata(&dir)?.is_dir() {

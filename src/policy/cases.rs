@@ -36,6 +36,10 @@ pub struct Case {
     pub watchers: u32,
     #[serde(default)]
     pub total_processes: u32,
+    /// circusd runs as root, so `run_as` applies (default false: the decision does not depend
+    /// on this machine's users).
+    #[serde(default)]
+    pub circusd_root: bool,
     pub want: Want,
     /// A rule id that must be among the decision's rules.
     #[serde(default)]
@@ -133,6 +137,7 @@ fn run_case(policy: &Policy, file: &str, case: Case) -> Outcome {
     f.target = case.target;
     f.watchers = case.watchers;
     f.total_processes = case.total_processes;
+    f.circusd_switches = case.circusd_root;
     let decision = decide(policy, &Request { identity: case.identity, action }, &f);
     let got = if decision.allow { Want::Allow } else { Want::Deny };
     if got != case.want {

@@ -10,8 +10,9 @@ use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
 
 use super::args::{ArgRule, ArgShape};
-use super::model::{OneOrMany, RawArg, RawPolicy, RawWatcherScope, Text};
+use super::model::{OneOrMany, RawArg, RawPolicy, RawRunAs, RawWatcherScope, Text};
 use crate::circus::signal_number;
+use crate::isolation::users::RunAs;
 
 /// Environment variables that load code or redirect trust. A policy that allows one does not
 /// compile, and a request that sets one is denied.
@@ -130,7 +131,17 @@ pub struct Program {
     pub require_working_dir: bool,
     pub env: HashSet<String>,
     pub max_processes: u32,
-    pub run_as: Option<(u32, u32)>,
+    /// Who the processes run as: the program's own `run_as`, else the policy's.
+    pub run_as: Option<RunAsRule>,
+    /// Where a process starts without a requested `working_dir`.
+    pub default_working_dir: PathBuf,
+}
+
+/// A compiled `run_as`: the account, and whether it may be root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAsRule {
+    pub who: RunAs,
+    pub allow_root: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +174,8 @@ pub struct Policy {
     pub options: BTreeMap<String, OptionBound>,
     pub env: HashSet<String>,
     pub working_dirs: Vec<PathBuf>,
+    /// The policy-wide `run_as` (programs without their own get it).
+    pub run_as: Option<RunAsRule>,
     pub programs: Vec<Program>,
     pub identities: HashMap<String, Identity>,
     /// One glob per program, in order (index = program).
@@ -181,8 +194,11 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn at(&mut self, t: Option<&Text>, field: &str, message: impl std::fmt::Display) {
-        let line = t.map(|t| t.referenced.line()).filter(|l| *l > 0);
-        match line {
+        self.at_line(t.map(|t| t.referenced.line() as usize), field, message);
+    }
+
+    fn at_line(&mut self, line: Option<usize>, field: &str, message: impl std::fmt::Display) {
+        match line.filter(|l| *l > 0) {
             Some(l) => self.list.push(format!("{}:{l}: {field}: {message}", self.file)),
             None => self.list.push(format!("{}: {field}: {message}", self.file)),
         }
@@ -232,6 +248,34 @@ fn absolute(t: &Text, field: &str, e: &mut Errors) -> Option<PathBuf> {
     // Roots are compared with canonical request paths, so compare with the canonical root
     // when it exists (a root behind a symlink would otherwise never match).
     Some(p.canonicalize().unwrap_or_else(|_| p.to_path_buf()))
+}
+
+/// A `run_as`: exactly `user`, or both `uid` and `gid`; root only with `allow_root`.
+fn run_as_rule(r: &RawRunAs, line: Option<usize>, field: &str, e: &mut Errors) -> Option<RunAsRule> {
+    let who = match (&r.user, r.uid, r.gid) {
+        (Some(user), None, None) => {
+            let b = user.as_bytes();
+            if b.is_empty() || b.len() > 32 || b[0] == b'-' || !b.iter().all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(c)) {
+                e.at_line(line, field, format!("{user:?} is not a user name ([A-Za-z0-9_.-], at most 32 bytes)"));
+                return None;
+            }
+            RunAs::User { user: user.clone() }
+        }
+        (None, Some(uid), Some(gid)) => RunAs::Ids { uid, gid },
+        _ => {
+            e.at_line(line, field, "give either user, or both uid and gid");
+            return None;
+        }
+    };
+    let root = match &who {
+        RunAs::User { user } => user == "root",
+        RunAs::Ids { uid, gid } => *uid == 0 || *gid == 0,
+    };
+    if root && !r.allow_root {
+        e.at_line(line, field, "uid or gid 0 (root) needs allow_root: true");
+        return None;
+    }
+    Some(RunAsRule { who, allow_root: r.allow_root })
 }
 
 fn env_names(list: &[Text], field: &str, e: &mut Errors) -> HashSet<String> {
@@ -323,6 +367,8 @@ impl Policy {
         let working_dirs =
             raw.working_dirs.iter().enumerate().filter_map(|(i, t)| absolute(t, &format!("working_dirs[{i}]"), &mut e)).collect();
 
+        let default_run_as = raw.run_as.as_ref().and_then(|r| run_as_rule(&r.value, Some(r.referenced.line() as usize), "run_as", &mut e));
+
         let mut warnings = Vec::new();
         let mut programs = Vec::new();
         let mut paths = GlobSetBuilder::new();
@@ -371,14 +417,14 @@ impl Policy {
             if max_processes == 0 {
                 e.at(here, &format!("{field}.max_processes"), "must be at least 1");
             }
-            let run_as = p.run_as.and_then(|r| {
-                if (r.uid == 0 || r.gid == 0) && !r.allow_root {
-                    e.at(here, &format!("{field}.run_as"), "uid or gid 0 needs allow_root: true");
-                    None
-                } else {
-                    Some((r.uid, r.gid))
-                }
-            });
+            let run_as = match &p.run_as {
+                Some(r) => run_as_rule(r, Some(p.path.referenced.line() as usize), &format!("{field}.run_as"), &mut e),
+                None => default_run_as.clone(),
+            };
+            let default_working_dir = match &p.default_working_dir {
+                Some(t) => absolute(t, &format!("{field}.default_working_dir"), &mut e).unwrap_or_else(|| PathBuf::from("/")),
+                None => PathBuf::from("/"),
+            };
             programs.push(Program {
                 id: p.id.clone(),
                 path_glob: p.path.value.clone(),
@@ -406,6 +452,7 @@ impl Policy {
                 env: env_names(&p.env, &format!("{field}.env"), &mut e),
                 max_processes,
                 run_as,
+                default_working_dir,
             });
             if a.min_positional as usize > a.positional.len() {
                 e.at(here, &format!("{field}.args.min_positional"), "is more than the positional rules given");
@@ -462,6 +509,7 @@ impl Policy {
             options,
             env,
             working_dirs,
+            run_as: default_run_as,
             programs,
             identities,
             program_paths,
@@ -510,6 +558,27 @@ mod tests {
         assert!(e.contains("options.shell"), "{e}");
         let e = errors("version: 1\nidentities: {}\nprograms:\n  - {id: r, path: /bin/x, run_as: {uid: 0, gid: 0}}\n");
         assert!(e.contains("needs allow_root"), "{e}");
+        let e = errors("version: 1\nidentities: {}\nrun_as: {user: root}\n");
+        assert!(e.contains("p.yaml:3: run_as: uid or gid 0 (root) needs allow_root"), "{e}");
+        let e = errors("version: 1\nidentities: {}\nrun_as: {user: x, uid: 5, gid: 5}\n");
+        assert!(e.contains("run_as: give either user, or both uid and gid"), "{e}");
+        let e = errors("version: 1\nidentities: {}\nrun_as: {uid: 5}\n");
+        assert!(e.contains("give either user"), "{e}");
+        let e = errors("version: 1\nidentities: {}\nrun_as: {user: \"a b\"}\n");
+        assert!(e.contains("is not a user name"), "{e}");
+    }
+
+    #[test]
+    fn a_program_inherits_the_policy_run_as_unless_it_has_its_own() {
+        let p = Policy::compile(
+            "p",
+            "version: 1\nidentities: {}\nrun_as: {user: nobody}\nprograms:\n  - {id: a, path: /bin/a}\n  - {id: b, path: /bin/b, run_as: {uid: 7, gid: 8}, default_working_dir: /srv}\n",
+        )
+        .unwrap();
+        assert_eq!(p.programs[0].run_as.as_ref().unwrap().who, RunAs::User { user: "nobody".into() });
+        assert_eq!(p.programs[0].default_working_dir, PathBuf::from("/"));
+        assert_eq!(p.programs[1].run_as.as_ref().unwrap().who, RunAs::Ids { uid: 7, gid: 8 });
+        assert!(p.programs[1].default_working_dir.is_absolute());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::compile::{Identity, Policy, Program, WatcherScope, env_denied};
 use super::{Action, AddRequest, Decision, Facts, OWNER_ENV, READ_TOOLS, Request, Violation};
 use crate::circus::command::AddOptions;
 use crate::circus::{Command, WatcherName, signal_number};
+use crate::isolation::users::Account;
 
 const MAX_COMMAND_BYTES: usize = 4096;
 const MAX_ENV_NAME_BYTES: usize = 128;
@@ -41,6 +42,87 @@ mod tests {
         let d = decide(&p, &req, &facts);
         assert!(!d.allow);
         assert_eq!(d.rules, ["processes.total"]);
+    }
+
+    fn add_facts(switches: bool, fact: Option<super::super::RunAsFact>) -> Facts {
+        let mut f = Facts { command: Some(Ok("/usr/bin/sleep".into())), circusd_switches: switches, ..Facts::default() };
+        if let Some(fact) = fact {
+            f.run_as.insert("sleep".into(), fact);
+        }
+        f
+    }
+
+    fn account(uid: u32) -> Account {
+        Account { user: "runner".into(), uid, gid: uid, groups: vec![uid] }
+    }
+
+    fn add(policy_run_as: &str, facts: &Facts) -> Decision {
+        let p = Policy::compile(
+            "p",
+            &format!(
+                "version: 1\n{policy_run_as}programs:\n  - {{id: sleep, path: /usr/bin/sleep, args: {{rest: {{match: '*'}}}}}}\nidentities:\n  local: {{tools: ['*'], programs: ['*']}}\n"
+            ),
+        )
+        .unwrap();
+        let req = Request {
+            identity: "local".into(),
+            action: Action::Add(AddRequest {
+                name: "w".into(),
+                command: "sleep".into(),
+                args: vec!["9".into()],
+                working_dir: None,
+                env: Default::default(),
+                num_processes: 1,
+                start: true,
+                options: Default::default(),
+            }),
+        };
+        decide(&p, &req, facts)
+    }
+
+    fn sent_options(d: &Decision) -> &AddOptions {
+        match d.command.as_ref() {
+            Some(Command::Add { options, .. }) => options,
+            other => panic!("not an add: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_root_circusd_needs_a_run_as_and_sends_its_ids() {
+        let d = add("", &add_facts(true, None));
+        assert!(!d.allow && d.rules == ["run_as.required"], "{d:?}");
+        let ok = super::super::RunAsFact { account: Ok(account(10002)), command: Ok(()), working_dir: Ok(()) };
+        let d = add("run_as: {user: runner}\n", &add_facts(true, Some(ok)));
+        assert!(d.allow, "{d:?}");
+        let o = sent_options(&d);
+        assert_eq!((o.uid, o.gid), (Some(10002), Some(10002)));
+        assert_eq!(o.working_dir.as_deref(), Some("/"), "never circusd's own directory");
+        assert_eq!(d.run_as, Some(account(10002)));
+    }
+
+    #[test]
+    fn run_as_failures_deny_with_their_rule() {
+        let cases = [
+            (Err("user runner does not exist".to_string()), Ok(()), Ok(()), "run_as.unresolved"),
+            (Ok(account(0)), Ok(()), Ok(()), "run_as.root"),
+            (Ok(account(10002)), Err("cannot enter /root".to_string()), Ok(()), "run_as.command"),
+            (Ok(account(10002)), Ok(()), Err("cannot enter /srv".to_string()), "run_as.working_dir"),
+        ];
+        for (account, command, working_dir, rule) in cases {
+            let fact = super::super::RunAsFact { account, command, working_dir };
+            let d = add("run_as: {user: runner}\n", &add_facts(true, Some(fact)));
+            assert!(!d.allow && d.rules == [rule], "{rule}: {d:?}");
+        }
+        let d = add("run_as: {user: runner}\n", &add_facts(true, None));
+        assert_eq!(d.rules, ["run_as.unresolved"], "a missing fact fails closed");
+    }
+
+    #[test]
+    fn a_circusd_that_cannot_switch_users_runs_processes_as_itself() {
+        let d = add("run_as: {user: runner}\n", &add_facts(false, None));
+        assert!(d.allow, "{d:?}");
+        let o = sent_options(&d);
+        assert_eq!((o.uid, o.gid, d.run_as.as_ref()), (None, None, None));
     }
 
     #[test]
@@ -88,9 +170,13 @@ pub fn decide(policy: &Policy, req: &Request, facts: &Facts) -> Decision {
     let mut rules = vec![["identity:", &req.identity].concat(), ["tool:", tool].concat()];
     let mut v = Vec::new();
     // 3. Each action's own checks; reads need nothing more.
+    let mut run_as = None;
     let command = match &req.action {
         Action::Read { .. } => None,
-        Action::Add(add) => decide_add(policy, id, &req.identity, add, facts, &mut rules, &mut v),
+        Action::Add(add) => decide_add(policy, id, &req.identity, add, facts, &mut rules, &mut v).map(|(command, account)| {
+            run_as = account;
+            command
+        }),
         other => {
             let name = existing(policy, id, &req.identity, other.target().unwrap_or_default(), facts, &mut rules, &mut v);
             name.and_then(|name| match other {
@@ -118,7 +204,7 @@ pub fn decide(policy: &Policy, req: &Request, facts: &Facts) -> Decision {
     if req.action.mutates() && command.is_none() {
         return Decision::deny(vec![Violation::new("request", "policy.internal", "the request could not be checked")]);
     }
-    Decision { allow: true, rules, violations: Vec::new(), command }
+    Decision { allow: true, rules, violations: Vec::new(), command, run_as }
 }
 
 /// The name of a watcher the identity may act on, or violations.
@@ -245,7 +331,7 @@ fn decide_add(
     facts: &Facts,
     rules: &mut Vec<String>,
     v: &mut Vec<Violation>,
-) -> Option<Command> {
+) -> Option<(Command, Option<Account>)> {
     let lim = &policy.limits;
     // Name: valid, allowed by the policy's patterns and the identity's scope, free, and room
     // for one more watcher.
@@ -345,9 +431,10 @@ fn decide_add(
     if !v.is_empty() {
         return None;
     }
-    let (name, path, (program, (argv, working_dir))) = (name?, path?, chosen?);
+    let (name, path, (program, (argv, working_dir, run_as))) = (name?, path?, chosen?);
     rules.push(["program:", &program.id].concat());
-    Some(build_add(name, program, path, argv, working_dir, &add.env, options, identity, add))
+    let command = build_add(name, path, argv, working_dir, run_as.as_ref(), &add.env, options, identity, add);
+    Some((command, run_as))
 }
 
 /// The circus options to send: the policy's defaults, then the request's, each allowlisted
@@ -445,19 +532,22 @@ fn check_working_dir(
     }
 }
 
-/// The checks that depend on the program: argument shape, working directory, environment
-/// names and process counts. Returns the argv and working directory to send.
+/// The checks that depend on the program: argument shape, working directory, run-as
+/// account, environment names and process counts. Returns the argv, the working directory
+/// and the account to send.
 fn check_program(
     policy: &Policy,
     program: &Program,
     add: &AddRequest,
     facts: &Facts,
     v: &mut Vec<Violation>,
-) -> Option<(Vec<String>, Option<std::path::PathBuf>)> {
+) -> Option<(Vec<String>, std::path::PathBuf, Option<Account>)> {
     let lim = &policy.limits;
     let argv = program.args.check(&add.args, &facts.paths, v);
 
-    let working_dir = check_working_dir(policy, Some(program), add, facts, v);
+    // Never circusd's own directory: without a request, the program's default (or `/`).
+    let working_dir = check_working_dir(policy, Some(program), add, facts, v).unwrap_or_else(|| program.default_working_dir.clone());
+    let run_as = run_as(program, facts, v);
 
     // Environment: names allowed explicitly; code-loading families never; values plain.
     for (k, val) in &add.env {
@@ -492,16 +582,56 @@ fn check_program(
             ),
         ));
     }
-    Some((argv, working_dir))
+    Some((argv, working_dir, run_as))
+}
+
+/// The account the processes run as. circusd that cannot switch users runs them as itself
+/// (isolation level `none`); one that can (root) must be given an account, and only the
+/// policy's `allow_root` lets that be root. The account must be able to use the command and
+/// the working directory.
+fn run_as(program: &Program, facts: &Facts, v: &mut Vec<Violation>) -> Option<Account> {
+    if !facts.circusd_switches {
+        return None;
+    }
+    let Some(rule) = &program.run_as else {
+        v.push(Violation::new(
+            "run_as",
+            "run_as.required",
+            format!("circusd runs as root and program {} has no run_as; the policy must name the user its processes run as", program.id),
+        ));
+        return None;
+    };
+    let Some(fact) = facts.run_as.get(&program.id) else {
+        v.push(Violation::new("run_as", "run_as.unresolved", format!("the run-as {} was not resolved", rule.who)));
+        return None;
+    };
+    match &fact.account {
+        Err(why) => v.push(Violation::new("run_as", "run_as.unresolved", why.clone())),
+        Ok(a) if (a.uid == 0 || a.gid == 0) && !rule.allow_root => v.push(Violation::new(
+            "run_as",
+            "run_as.root",
+            format!("the run-as {} is uid {}, gid {}; root needs allow_root: true", rule.who, a.uid, a.gid),
+        )),
+        Ok(a) => {
+            if let Err(why) = &fact.command {
+                v.push(Violation::new("command", "run_as.command", why.clone()));
+            }
+            if let Err(why) = &fact.working_dir {
+                v.push(Violation::new("working_dir", "run_as.working_dir", why.clone()));
+            }
+            return Some(a.clone());
+        }
+    }
+    None
 }
 
 #[allow(clippy::too_many_arguments)]
 fn build_add(
     name: WatcherName,
-    program: &Program,
     path: &Path,
     argv: Vec<String>,
-    working_dir: Option<std::path::PathBuf>,
+    working_dir: std::path::PathBuf,
+    run_as: Option<&Account>,
     env: &std::collections::BTreeMap<String, String>,
     mut extra: Vec<(&'static str, Value)>,
     identity: &str,
@@ -515,9 +645,9 @@ fn build_add(
     let options = AddOptions {
         numprocesses: add.num_processes,
         env,
-        working_dir: working_dir.map(|d| d.to_string_lossy().into_owned()),
-        uid: program.run_as.map(|(u, _)| u),
-        gid: program.run_as.map(|(_, g)| g),
+        working_dir: Some(working_dir.to_string_lossy().into_owned()),
+        uid: run_as.map(|a| a.uid),
+        gid: run_as.map(|a| a.gid),
         extra,
         output: None,
     };

@@ -1,10 +1,14 @@
 //! Gathering the filesystem facts a decision needs: the command resolved through the
-//! policy's own search path, the canonical working directory, and the canonical form of every
-//! argument that could be a path. This is the I/O half; [`super::decide`] is the pure half.
+//! policy's own search path, the canonical working directory, the canonical form of every
+//! argument that could be a path, and for each program the command could be, its run-as
+//! account and whether that account can use the command and the working directory. This is
+//! the I/O half; [`super::decide`] is the pure half.
 
 use std::path::{Path, PathBuf};
 
-use super::{Action, Facts, Policy};
+use super::{Action, Facts, Policy, RunAsFact};
+use crate::isolation::access::{self, EXEC, READ, Who};
+use crate::isolation::users;
 
 /// Fills the filesystem facts of `action` into a fresh [`Facts`] (circusd facts stay empty).
 pub fn gather(policy: &Policy, action: &Action) -> Facts {
@@ -21,7 +25,28 @@ pub fn gather(policy: &Policy, action: &Action) -> Facts {
         }
     });
     let base = working_dir.as_ref().and_then(|r| r.as_ref().ok()).cloned();
-    let mut facts = Facts { command: Some(resolve_command(policy, &add.command)), working_dir, ..Facts::default() };
+    let command = resolve_command(policy, &add.command);
+    let mut facts = Facts { command: Some(command.clone()), working_dir, ..Facts::default() };
+    if let Ok(cmd) = &command {
+        for program in policy.programs_for(&cmd.to_string_lossy()) {
+            let Some(rule) = &program.run_as else { continue };
+            let account = users::resolve(&rule.who);
+            let (command, working_dir) = match &account {
+                Ok(a) => {
+                    let who = Who { uid: a.uid, groups: &a.groups };
+                    let dir = if add.working_dir.is_some() { base.as_deref() } else { Some(program.default_working_dir.as_path()) };
+                    (
+                        access::check(cmd, who, READ | EXEC).map_err(|e| format!("the run-as user {} cannot run it: {e}", a.user)),
+                        dir.map_or(Ok(()), |d| {
+                            access::check(d, who, READ | EXEC).map_err(|e| format!("the run-as user {} cannot use it: {e}", a.user))
+                        }),
+                    )
+                }
+                Err(_) => (Ok(()), Ok(())),
+            };
+            facts.run_as.insert(program.id.clone(), RunAsFact { account, command, working_dir });
+        }
+    }
     for a in &add.args {
         for candidate in [Some(a.as_str()), a.split_once('=').map(|(_, v)| v)].into_iter().flatten() {
             if !candidate.is_empty() && !facts.paths.contains_key(candidate) {

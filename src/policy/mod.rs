@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::circus::Command;
+use crate::isolation::users::Account;
 
 pub use compile::{CompileError, Policy};
 
@@ -166,6 +167,23 @@ pub struct Facts {
     pub watchers: u32,
     /// Processes across all watchers now.
     pub total_processes: u32,
+    /// circusd can start processes under another uid (it runs as root, or its user is not
+    /// known: fail closed). When false, no `run_as` can apply: processes run as circusd's user.
+    pub circusd_switches: bool,
+    /// For each candidate program (by id) that has a `run_as`: the account and what it can reach.
+    pub run_as: rustc_hash::FxHashMap<String, RunAsFact>,
+}
+
+/// The run-as account of one program, and whether it can use the command and working
+/// directory (circus changes directory with circusd's credentials, so a directory the account
+/// cannot enter would only fail later, inside the process).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunAsFact {
+    pub account: Result<Account, String>,
+    /// It can read and execute the command.
+    pub command: Result<(), String>,
+    /// It can enter and read the working directory the process gets.
+    pub working_dir: Result<(), String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,12 +208,14 @@ pub struct Decision {
     pub violations: Vec<Violation>,
     /// The exact command to send (mutations only, and only when allowed).
     pub command: Option<Command>,
+    /// For an allowed add: the account its processes run as; `None` means circusd's own user.
+    pub run_as: Option<Account>,
 }
 
 impl Decision {
     pub fn deny(violations: Vec<Violation>) -> Decision {
         let mut rules: Vec<String> = violations.iter().map(|v| v.rule.clone()).collect();
         rules.dedup();
-        Decision { allow: false, rules, violations, command: None }
+        Decision { allow: false, rules, violations, command: None, run_as: None }
     }
 }

@@ -33,6 +33,9 @@ pub struct RawPolicy {
     /// Roots any program may use as its working directory.
     #[serde(default)]
     pub working_dirs: Vec<Text>,
+    /// Who every program's processes run as, unless the program says otherwise.
+    #[serde(default)]
+    pub run_as: Option<Spanned<RawRunAs>>,
     /// The executables that may run, each with the argument shapes it may take.
     #[serde(default)]
     pub programs: Vec<Spanned<RawProgram>>,
@@ -129,16 +132,21 @@ pub struct RawProgram {
     pub env: Vec<Text>,
     /// Processes per watcher, at most the global limit.
     pub max_processes: Option<u32>,
-    /// Forced uid/gid for the processes; absent means circusd's own user.
+    /// Who the processes run as; absent means the policy-wide `run_as`.
     pub run_as: Option<RawRunAs>,
+    /// Where a process starts when the request gives no `working_dir` (absolute); absent
+    /// means `/`.
+    pub default_working_dir: Option<Text>,
 }
 
-#[derive(Debug, Deserialize, Clone, Copy)]
+/// Who processes run as: `user` (uid and primary group from passwd), or `uid` and `gid`.
+#[derive(Debug, Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct RawRunAs {
-    pub uid: u32,
-    pub gid: u32,
-    /// uid or gid 0 is refused unless this is true.
+    pub user: Option<String>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// uid or gid 0 (or the user root) is refused unless this is true.
     #[serde(default)]
     pub allow_root: bool,
 }

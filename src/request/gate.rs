@@ -13,6 +13,7 @@ use super::{ErrorKind, ToolError};
 use crate::audit::{Audit, DecisionRecord, new_id, now_rfc3339};
 use crate::circus::command::OutputFiles;
 use crate::circus::{CircusClient, CircusError, Command, WatcherName};
+use crate::isolation::Isolation;
 use crate::metrics::Metrics;
 use crate::output::Files;
 use crate::policy::decide::decide;
@@ -24,6 +25,8 @@ pub struct Gate {
     pub policy: ActivePolicy,
     /// Where added watchers write their output; set on every allowed add.
     pub output: Option<Files>,
+    /// The isolation level achieved, and the one required; read on every add.
+    pub isolation: Isolation,
     audit: Audit,
     limiter: Arc<Mutex<HashMap<String, Bucket>>>,
     metrics: Metrics,
@@ -43,8 +46,8 @@ pub struct Admitted {
 }
 
 impl Gate {
-    pub fn new(policy: ActivePolicy, audit: Audit, metrics: Metrics) -> Gate {
-        Gate { policy, output: None, audit, limiter: Arc::default(), metrics }
+    pub fn new(policy: ActivePolicy, audit: Audit, isolation: Isolation, metrics: Metrics) -> Gate {
+        Gate { policy, output: None, isolation, audit, limiter: Arc::default(), metrics }
     }
 
     /// Decides one call and records the decision. `Err` is a denial or a failure to decide.
@@ -115,8 +118,21 @@ impl Gate {
             Facts::default()
         };
         circus_facts(client, &action, &mut f).await?;
+        let isolation = self.isolation.get();
+        f.circusd_switches = isolation.circusd_switches();
         let request = Request { identity: identity.to_string(), action };
         let mut decision = decide(&policy, &request, &f);
+        if decision.allow && matches!(request.action, Action::Add(_)) && isolation.level < self.isolation.required {
+            decision = Decision::deny(vec![Violation::new(
+                "isolation",
+                "isolation.required",
+                format!(
+                    "isolation.require is {}, but the isolation level is {}; no process may be added",
+                    self.isolation.required.as_str(),
+                    isolation.summary()
+                ),
+            )]);
+        }
         // The output files are the warden's choice, part of exactly what circusd receives.
         if let (Some(files), Some(Command::Add { name, options, .. })) = (&self.output, decision.command.as_mut()) {
             options.output = Some(OutputFiles {
@@ -150,6 +166,9 @@ impl Gate {
             tool: action.tool(),
             request: redacted(action),
             decision: if d.allow { "allow" } else { "deny" },
+            argv: d.command.as_ref().and_then(Command::argv),
+            run_as: d.run_as.as_ref(),
+            would_send: d.command.as_ref().map(|c| redacted_command(c.preview())),
             rules: &d.rules,
             violations: &d.violations,
             policy_generation: self.policy.generation(),
@@ -194,6 +213,18 @@ fn redacted(action: &Action) -> Value {
         }
     }
     v
+}
+
+/// A command as recorded: environment values are replaced (the names stay).
+fn redacted_command(mut preview: Value) -> Value {
+    if let Some(env) = preview.pointer_mut("/properties/options/env").and_then(Value::as_object_mut) {
+        for (name, value) in env.iter_mut() {
+            if name != OWNER_ENV {
+                *value = json!("<redacted>");
+            }
+        }
+    }
+    preview
 }
 
 /// What circusd says about the watcher a request names, and, for an add, the totals.

@@ -73,6 +73,8 @@ pub async fn explain(w: &Warden, identity: &str, a: ExplainArgs) -> Result<Value
         "decision": if decision.allow { "allow" } else { "deny" },
         "rules": decision.rules,
         "violations": decision.violations,
+        "argv": decision.command.as_ref().and_then(Command::argv),
+        "run_as": decision.run_as,
         "would_send": decision.command.as_ref().map(Command::preview),
         "policy_generation": w.gate.policy.generation(),
     }))

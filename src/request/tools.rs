@@ -317,6 +317,12 @@ pub struct ExplainOutput {
     pub rules: Vec<String>,
     /// Each failed check: field, rule, and what would be allowed.
     pub violations: Vec<Violation>,
+    /// For an allowed add: the argv its processes get (the canonical executable, then the
+    /// checked arguments).
+    pub argv: Option<Vec<String>>,
+    /// For an allowed add: the account its processes run as; null means circusd's own user
+    /// (circusd cannot switch users: isolation level none).
+    pub run_as: Option<crate::isolation::users::Account>,
     /// The exact command circusd would receive, when allowed.
     pub would_send: Option<Value>,
     pub policy_generation: u64,

@@ -478,7 +478,11 @@ def e2e_policy(workroot: Path) -> dict:
     not from argument shapes), working directories under `workroot`, the `FOO`/`LANG`/`TZ`
     variables, at most 4 processes per watcher, `graceful_timeout` 2 s by default (the old
     `gate.graceful_timeout_s: 2`), and one identity, `local` (stdio callers, and HTTP callers
-    when no tokens are configured), acting only on the watchers it created."""
+    when no tokens are configured), acting only on the watchers it created.
+
+    Processes run as root (`run_as` with `allow_root`): the suite's interpreter lives in the
+    venv, which may sit under a directory other users cannot enter (/root). The isolation
+    tests (test_isolation.py) run theirs under the unprivileged run-as user."""
     return {
         "version": 1,
         "search_path": ["/usr/local/bin", "/usr/bin", "/bin"],
@@ -501,6 +505,7 @@ def e2e_policy(workroot: Path) -> dict:
         },
         "env": ["FOO", "LANG", "TZ"],
         "working_dirs": [str(workroot)],
+        "run_as": {"uid": 0, "gid": 0, "allow_root": True},
         "programs": [
             {"id": "sleep", "path": SLEEP, "args": {"rest": {"match": "**"}}},
             {"id": "python", "path": PYTHON,
