@@ -488,22 +488,31 @@ def setpriv(sec: dict) -> list[str]:
 
 
 def ensure_image_users() -> None:
-    """The image's users on this machine (idempotent): circus switches only to a user with a
-    passwd entry, and the warden resolves the run-as user by name."""
+    """The image's users on this machine, created when missing (idempotent): circus switches
+    only to a user with a passwd entry, and the warden resolves the run-as user by name. An
+    existing run-as user keeps its uid (`make run-user` may have made it a system user); the
+    checks compare against this machine's passwd, as the warden does, and require only that
+    it is neither root nor in the warden's group."""
     for name, uid in IMAGE_USERS:
         try:
-            grp.getgrgid(uid)
+            pwd.getpwnam(name)
+            continue
         except KeyError:
+            pass
+        if name == "circus" and any(u.pw_uid == uid for u in pwd.getpwall()):
+            continue  # the warden runs as the number; another name for it is fine
+        free = not any(u.pw_uid == uid for u in pwd.getpwall()) and not any(g.gr_gid == uid for g in grp.getgrall())
+        if free:
             subprocess.run(["groupadd", "--gid", str(uid), name], check=True, timeout=30)
-        try:
-            if pwd.getpwnam(name).pw_uid != uid:
-                fail(f"user {name} exists with uid {pwd.getpwnam(name).pw_uid}, the image has {uid}")
-        except KeyError:
-            subprocess.run(["useradd", "--uid", str(uid), "--gid", str(uid), "--no-create-home", "--home-dir",
-                            "/nonexistent", "--shell", "/usr/sbin/nologin", name], check=True, timeout=30,
-                           stderr=subprocess.DEVNULL)
-    log("users: " + ", ".join(f"{n}={pwd.getpwnam(n).pw_uid}:{pwd.getpwnam(n).pw_gid} groups "
-                              f"{sorted(g.gr_gid for g in grp.getgrall() if n in g.gr_mem) or '-'}" for n, _ in IMAGE_USERS))
+        ids = ["--uid", str(uid), "--gid", str(uid)] if free else ["--system", "--user-group"]
+        subprocess.run(["useradd", *ids, "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                        name], check=True, timeout=30, stderr=subprocess.DEVNULL)
+    run_as = pwd.getpwnam(IMAGE_USERS[1][0])
+    if run_as.pw_uid in (0, IMAGE_USERS[0][1]) or IMAGE_USERS[0][1] in run_as_groups(run_as):
+        fail(f"{run_as.pw_name} is uid {run_as.pw_uid} with groups {run_as_groups(run_as)}: it must be neither root, "
+             f"nor the warden, nor in the warden's group {IMAGE_USERS[0][1]}")
+    log("users: " + ", ".join(f"{n}={pwd.getpwnam(n).pw_uid}:{pwd.getpwnam(n).pw_gid} groups {run_as_groups(pwd.getpwnam(n))}"
+                              for n, _ in IMAGE_USERS if n in {u.pw_name for u in pwd.getpwall()}))
 
 
 def stop_all(procs: list) -> None:
