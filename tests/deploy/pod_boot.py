@@ -48,6 +48,8 @@ What it does, in order:
   6. Stops both with SIGTERM (as the kubelet would), then kills whatever is left.
 
   pod_boot.py [-f VALUES]... [--helm PATH] [--bin PATH]
+  pod_boot.py [-f VALUES]... --expect-refusal TEXT   (the warden must refuse to start: exit
+      non-zero within 30 s with TEXT in its log, e.g. a pod below `isolation.require: uid`)
   pod_boot.py [-f VALUES]... --extract-only DIR   (for container_smoke.sh: the same files
       with the real in-container paths, plus the args, the env file and the probe command)
 
@@ -425,7 +427,7 @@ def dump(result) -> dict:
 # --------------------------------------------------------------------------- the boot
 
 
-def boot(pod: Pod, bin_path: str, keep: bool) -> None:
+def boot(pod: Pod, bin_path: str, keep: bool, refusal: str | None = None) -> None:
     root = Path(tempfile.mkdtemp(prefix="cwpod", dir="/tmp"))  # short: ipc paths < 100 bytes
     root.chmod(0o755)  # the containers' uids must get to their mounts, as on a node
     mounts = sorted({m["mountPath"] for c in pod.containers.values() for m in c.get("volumeMounts", [])})
@@ -434,7 +436,7 @@ def boot(pod: Pod, bin_path: str, keep: bool) -> None:
     log(f"pod laid out under {root}: mounts {', '.join(mounts)}")
     procs: list[subprocess.Popen] = []
     try:
-        run_pod(pod, root, rw, bin_path, procs)
+        run_pod(pod, root, rw, bin_path, procs, refusal)
     finally:
         stop_all(procs)
         if keep:
@@ -547,7 +549,7 @@ def show_logs(procs) -> None:
         print("\n".join(Path(p.logfile).read_text(errors="replace").splitlines()[-40:]))
 
 
-def run_pod(pod: Pod, root: Path, rw: Rewriter, bin_path: str, procs: list) -> None:
+def run_pod(pod: Pod, root: Path, rw: Rewriter, bin_path: str, procs: list, refusal: str | None = None) -> None:
     warden_c = pod.containers["warden"]
     config = yaml.safe_load(rw.path("/etc/circus-warden/config.yaml").read_text())
     control = config["circus"]["endpoint"]
@@ -563,6 +565,14 @@ def run_pod(pod: Pod, root: Path, rw: Rewriter, bin_path: str, procs: list) -> N
         if circusd.poll() is not None:
             fail(f"circusd exited with {circusd.returncode}")
         warden = start(pod, "warden", root, rw, bin_path, procs)
+        if refusal is not None:
+            wait_for(lambda: warden.poll() is not None, 30, "the warden to refuse to start")
+            text = Path(warden.logfile).read_text(errors="replace")  # type: ignore[attr-defined]
+            if warden.returncode == 0 or refusal not in text:
+                fail(f"the warden exited with {warden.returncode}, want non-zero with {refusal!r} in its log")
+            line = next(line for line in text.splitlines() if refusal in line)
+            log(f"the warden refused to start (exit {warden.returncode}): {line.strip()[:300]}")
+            return
         wait_for(lambda: http_get(base + "/readyz")[0] == 200 or warden.poll() is not None, 30, "GET /readyz == 200")
         if warden.poll() is not None:
             fail(f"the warden exited with {warden.returncode}")
@@ -944,6 +954,7 @@ def main() -> int:
     ap.add_argument("--bin", default=os.environ.get("CIRCUS_WARDEN_BIN", str(REPO / "target" / "release" / "circus-warden")))
     ap.add_argument("--extract-only", metavar="DIR")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, files)")
+    ap.add_argument("--expect-refusal", metavar="TEXT", help="the warden must exit non-zero with TEXT in its log")
     a = ap.parse_args()
     signal.signal(signal.SIGALRM, lambda *_: fail(f"watchdog: still running after {WATCHDOG_S}s"))
     signal.alarm(WATCHDOG_S)
@@ -958,7 +969,7 @@ def main() -> int:
     if not os.access(a.bin, os.X_OK):
         fail(f"{a.bin} is not an executable (build it: cargo build --release)")
     log(f"values: {a.values or ['(chart defaults)']}; binary {a.bin}")
-    boot(pod, a.bin, a.keep)
+    boot(pod, a.bin, a.keep, a.expect_refusal)
     log(f"PASSED in {time.monotonic() - started:.1f}s")
     return 0
 

@@ -20,7 +20,8 @@
 #      args, env and security contexts: circusd as uid 0 with SETUID/SETGID/KILL only, the
 #      warden as 10001) and driven over MCP, with default values and with values-all.yaml
 #      (which also has a process print to the shared output directory and reads it with
-#      get_logs, and checks that an added process runs as the run-as user). Needs root.
+#      get_logs, and checks that an added process runs as the run-as user); and once with
+#      a policy without run_as, which the warden must refuse (isolation.require: uid). Root.
 # Tools: .tools/deploy-venv (helm, kubernetes-validate, checkov, hadolint), promtool (apt
 # `prometheus`), .venv (circus, mcp, PyYAML), target/release/circus-warden; the Makefile
 # target installs and builds them. Prints each step's duration.
@@ -146,6 +147,13 @@ step_end
 
 step "pod boot: values-all.yaml"
 "$VPY" tests/deploy/pod_boot.py --helm "$HELM" -f tests/deploy/values-all.yaml
+step_end
+
+step "pod boot: isolation.require uid refuses a policy without run_as"
+# The chart requires isolation uid; without a run-as user the processes would run as circusd
+# (root), and the warden must not start.
+printf 'policy:\n  document:\n    run_as: null\n' > "$OUT/no-run-as.yaml"
+"$VPY" tests/deploy/pod_boot.py --helm "$HELM" -f "$OUT/no-run-as.yaml" --expect-refusal "isolation.require is uid, but the isolation level is none"
 step_end
 
 printf '\n== deploy tests PASSED in %ss\n' "$(( $(date +%s) - T0 ))"
