@@ -456,6 +456,12 @@ impl Config {
         Ok(config)
     }
 
+    /// The files that hold secrets (the config file, when it lists tokens): the managed
+    /// processes must not read them.
+    pub fn secret_files(&self) -> impl Iterator<Item = &PathBuf> {
+        self.file.iter().filter(|_| !self.server.tokens.is_empty())
+    }
+
     /// The effective configuration as YAML, with token values redacted.
     pub fn to_yaml(&self) -> String {
         let mut shown = self.clone();

@@ -144,6 +144,17 @@ fn main() -> ExitCode {
         }
         Cmd::Config(ConfigCmd::Check(_)) => {
             eprintln!("configuration is valid");
+            match circus_warden::policy::Policy::load(&config.policy.path) {
+                Ok(policy) => {
+                    let a = circus_warden::isolation::assess_config(&config, &policy);
+                    eprintln!("isolation: {}", a.summary());
+                    if a.level < config.isolation.require {
+                        eprintln!("isolation.require is {}: serve would refuse to start", config.isolation.require.as_str());
+                        return ExitCode::from(1);
+                    }
+                }
+                Err(e) => eprintln!("isolation: not assessed, the policy does not load:\n{e}"),
+            }
             ExitCode::SUCCESS
         }
         Cmd::Policy(_) => ExitCode::SUCCESS,

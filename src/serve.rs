@@ -76,7 +76,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some((_, files, _)) = &output {
         plane.dirs.push(files.dir.clone());
     }
-    plane.files.extend(config.audit.path.iter().chain(config.file.iter()).cloned());
+    plane.files.extend(config.audit.path.iter().chain(config.secret_files()).cloned());
     let isolation = Isolation::new(required);
     let first = isolation.refresh(&client, &policy.get(), &plane, &metrics).await;
     if first.level < required {

@@ -145,6 +145,41 @@ pub async fn circusd_user(client: &CircusClient) -> Option<String> {
     reply.pointer("/info/username").and_then(serde_json::Value::as_str).map(str::to_string)
 }
 
+/// circusd's user, from one `dstats` on a one-off socket (for `config check`, which has no
+/// client): `None` when circusd does not answer within a second.
+pub fn circusd_user_once(endpoint: &str) -> Option<String> {
+    let s = crate::circus::zmq_context().socket(zmq::DEALER).ok()?;
+    s.set_linger(0).ok()?;
+    s.set_immediate(true).ok()?;
+    s.set_sndtimeo(1000).ok()?;
+    s.set_rcvtimeo(1000).ok()?;
+    s.connect(endpoint).ok()?;
+    s.send(&Command::DStats.encode("config-check")[..], 0).ok()?;
+    let reply: serde_json::Value = serde_json::from_slice(&s.recv_bytes(0).ok()?).ok()?;
+    reply.pointer("/info/username").and_then(serde_json::Value::as_str).map(str::to_string)
+}
+
+/// What `config check` can assess without running: circusd's user (the warden's own for an
+/// embedded circusd, else asked), the policy's accounts, and the paths that exist already.
+pub fn assess_config(config: &crate::config::Config, policy: &Policy) -> Assessment {
+    let mut plane = ControlPlane::default();
+    let user = match &config.circus.endpoint {
+        Some(control) => {
+            plane.add_endpoint(control);
+            if let Some(p) = &config.circus.pubsub_endpoint {
+                plane.add_endpoint(p);
+            }
+            circusd_user_once(control)
+        }
+        None => nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name),
+    };
+    if config.output.enabled {
+        plane.dirs.push(config.output.dir());
+    }
+    plane.files.extend(config.audit.path.iter().chain(config.secret_files()).cloned());
+    assess(policy, user.as_deref(), &plane)
+}
+
 /// The current assessment, shared by the gate, the probes and the metrics.
 #[derive(Clone, Default)]
 pub struct Isolation {

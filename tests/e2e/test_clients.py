@@ -28,6 +28,7 @@ def _env():
 # What the client tests need: sleep with an optional duration, for the default identity.
 POLICY = """\
 version: 1
+run_as: {user: circus-run}
 programs:
   - id: sleep
     path: /usr/bin/sleep

@@ -628,6 +628,8 @@ def bypass_policy(root: Path, fx: dict) -> dict:
         "limits": {"max_processes": 2},
         "options": {"graceful_timeout": {"min": 1, "max": 30, "default": 2}},
         "env": ["TZ"],
+        # The venv's interpreter may sit where other users cannot enter (see e2e_policy).
+        "run_as": {"uid": 0, "gid": 0, "allow_root": True},
         "programs": [
             {"id": "app", "path": PYTHON, "require_working_dir": True, "working_dirs": [str(fx["app"])],
              "env": ["APP_ENV"],

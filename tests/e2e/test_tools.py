@@ -92,7 +92,8 @@ def test_add_process_creates_watcher(mcp):
     assert not opts.get("hooks"), f"hooks present: {opts.get('hooks')}"
     assert opts["shell"] is False
     assert opts["numprocesses"] == 1
-    assert opts.get("uid") is None and opts.get("gid") is None
+    # The e2e policy's run_as (root, with allow_root) is sent as written.
+    assert opts.get("uid") == 0 and opts.get("gid") == 0, (opts.get("uid"), opts.get("gid"))
     assert float(opts["graceful_timeout"]) == 2.0, (
         f"the policy's options.graceful_timeout.default not applied: {opts['graceful_timeout']}")
     assert opts["env"].get("CIRCUS_WARDEN_OWNER") == "local", f"owner marker missing: {opts.get('env')}"
