@@ -82,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if first.level < required {
         anyhow::bail!("isolation.require is {}, but the isolation level is {}", required.as_str(), first.summary());
     }
-    tokio::spawn(isolation.clone().watch(client.clone(), policy.clone(), plane, metrics.clone(), stop.clone()));
+    tokio::spawn(isolation.clone().watch(client.clone(), policy.clone(), plane, metrics.clone(), interval, stop.clone()));
 
     let mut gate = Gate::new(policy, audit, isolation.clone(), metrics.clone());
     let (logs, tailer) = match output {

@@ -1,8 +1,8 @@
 //! Isolation of the managed processes from the control plane: the account they run as, and
 //! whether that account can reach circusd's sockets, the output files, the audit log or the
 //! warden's configuration. The level the warden achieved, `uid` or `none`, is assessed when it
-//! starts and again every [`REASSESS`], and shown in the log, the metrics, `/readyz` and
-//! `config check`.
+//! starts and again every reconcile interval, and shown in the log, the metrics, `/readyz`
+//! and `config check`.
 //!
 //! - [`users`]: resolving run-as accounts as circus does;
 //! - [`access`]: what an account can do to a path, from owners and modes;
@@ -27,10 +27,6 @@ use crate::policy::reload::ActivePolicy;
 use access::Who;
 pub use level::Level;
 use users::Account;
-
-/// How often the level is assessed again (circusd may have been restarted as another user,
-/// the policy reloaded, a mode changed).
-pub const REASSESS: Duration = Duration::from_secs(30);
 
 /// The paths a managed process must not reach.
 #[derive(Debug, Clone, Default)]
@@ -218,11 +214,20 @@ impl Isolation {
         next
     }
 
-    /// Re-assesses every [`REASSESS`] (every second while circusd has not answered).
-    pub async fn watch(self, client: CircusClient, policy: ActivePolicy, plane: ControlPlane, metrics: Metrics, stop: CancellationToken) {
+    /// Re-assesses every `every` (circusd may have been restarted as another user, the policy
+    /// reloaded, a mode changed); every second while circusd has not answered.
+    pub async fn watch(
+        self,
+        client: CircusClient,
+        policy: ActivePolicy,
+        plane: ControlPlane,
+        metrics: Metrics,
+        every: Duration,
+        stop: CancellationToken,
+    ) {
         loop {
             let a = self.refresh(&client, &policy.get(), &plane, &metrics).await;
-            let wait = if a.circusd_user.is_none() { Duration::from_secs(1) } else { REASSESS };
+            let wait = if a.circusd_user.is_none() { every.min(Duration::from_secs(1)) } else { every };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => return,
