@@ -76,6 +76,7 @@ fn structured(u: &mut Unstructured) -> arbitrary::Result<()> {
         },
         watchers: u.arbitrary()?,
         total_processes: u.arbitrary()?,
+        circusd_switches: u.arbitrary()?,
         ..Facts::default()
     };
     for _ in 0..u.int_in_range(0..=3)? {
@@ -84,6 +85,11 @@ fn structured(u: &mut Unstructured) -> arbitrary::Result<()> {
     let identity = text(u)?;
     let d = decide(policy, &Request { identity, action }, &facts);
     assert!(d.allow == d.violations.is_empty(), "allowed with violations, or denied without");
+    // A circusd that switches users never gets an add without a run-as account; no run-as
+    // facts are made up here, so every such add must be denied.
+    if facts.circusd_switches && matches!(d.command, Some(circus_warden::circus::Command::Add { .. })) {
+        panic!("an add allowed for a root circusd without a run-as account");
+    }
     Ok(())
 }
 
