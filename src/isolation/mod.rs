@@ -195,7 +195,12 @@ impl Isolation {
 
     /// Assesses now, publishes the result, logs a change of level, and returns it.
     pub async fn refresh(&self, client: &CircusClient, policy: &Policy, plane: &ControlPlane, metrics: &Metrics) -> Arc<Assessment> {
-        let user = circusd_user(client).await;
+        // A circusd that misses one answer (busy, frozen for a moment) is still the same
+        // process: keep its last known user rather than flap the level.
+        let user = match circusd_user(client).await {
+            Some(u) => Some(u),
+            None => self.current.load().circusd_user.clone(),
+        };
         let next = Arc::new(assess(policy, user.as_deref(), plane));
         let previous = self.current.swap(next.clone());
         if previous.level != next.level || previous.reasons != next.reasons || previous.circusd_user.is_none() {

@@ -270,6 +270,30 @@ def test_a_hostile_process_reaches_nothing(iso):
         ok(iso.call("remove_process", {"name": n}))
 
 
+def test_concurrent_adds_from_several_sessions_all_run_as_the_user(iso):
+    if iso.transport == "stdio":
+        pytest.skip("a stdio warden has one session; the http run covers several")
+    from concurrent.futures import ThreadPoolExecutor
+    names = [unique_name("par") for _ in range(8)]
+    clients = [iso.warden.http_client({"Authorization": f"Bearer {TOKEN}"}) for _ in names]
+    try:
+        with ThreadPoolExecutor(len(names)) as pool:
+            results = list(pool.map(lambda nc: nc[1].call_tool("add_process", {
+                "name": nc[0], "command": "/usr/bin/python3", "args": ["-c", "import time; time.sleep(600)"]}, 60),
+                zip(names, clients)))
+    finally:
+        for c in clients:
+            c.close()
+    for r in results:
+        ok(r)
+    c = CircusClient(iso.endpoint())
+    for name in names:
+        pids = wait_for(lambda: c.call("list", name=name)["pids"] or None, 20, what=f"{name}'s pid")
+        assert proc_ids(pids[0])["Uid"] == [iso.user.pw_uid] * 4, name
+        assert c.call("options", name=name)["options"]["uid"] == iso.user.pw_uid
+        ok(iso.call("remove_process", {"name": name}))
+
+
 def test_a_legitimate_web_server_works(iso):
     port = free_port()
     app = iso.base / "app"
