@@ -82,6 +82,9 @@ test-e2e: venv tools build run-user
 bench: venv build
 	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) $(VPY) bench/bench_status.py $(BENCH_ARGS)
 	cargo bench --bench ingest
+	$(VENV_PATH) CIRCUS_WARDEN_BIN=$(BIN) BASELINE_BIN=$(BASELINE_BIN) $(VPY) bench/bench_admission.py $(BENCH_ARGS)
+	@if [ -n "$(BASELINE_BIN)" ]; then echo "bench_status.py against the baseline $(BASELINE_BIN):"; \
+	  $(VENV_PATH) $(VPY) bench/bench_status.py --bin "$(BASELINE_BIN)" $(BENCH_ARGS); fi
 
 clean-venv:
 	rm -rf $(VENV)
