@@ -156,6 +156,10 @@ pub struct ServerConfig {
     /// Bearer tokens; when any is configured, `/mcp` requires one.
     #[validate(nested, length(max = 1024))]
     pub tokens: Vec<TokenConfig>,
+    /// On SIGTERM or SIGINT, how long calls in flight may take to finish (new calls are
+    /// refused meanwhile); changes still unanswered then are recorded as such.
+    #[validate(range(max = 600_000))]
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -170,6 +174,7 @@ impl Default for ServerConfig {
             max_sessions: 64,
             max_connections: 256,
             default_identity: "local".into(),
+            shutdown_grace_ms: 10_000,
             tokens: Vec::new(),
         }
     }

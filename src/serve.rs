@@ -22,6 +22,7 @@ use crate::output::store::{Caps, Store};
 use crate::output::{Files, Logs, ReadLimits, tail};
 use crate::policy::Policy;
 use crate::policy::reload::ActivePolicy;
+use crate::request::admission::AdmissionLock;
 use crate::request::{Gate, Warden};
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -84,7 +85,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tokio::spawn(isolation.clone().watch(client.clone(), policy.clone(), plane, metrics.clone(), interval, stop.clone()));
 
-    let mut gate = Gate::new(policy, audit, isolation.clone(), metrics.clone());
+    let admission = AdmissionLock::for_endpoint(&endpoints.control);
+    match admission.path() {
+        Some(path) => {
+            tracing::info!(lock = %path.display(), "changes are admitted under this lock, shared with every warden of this circusd")
+        }
+        None => tracing::warn!(
+            endpoint = %endpoints.control,
+            "circusd listens on tcp: caps hold only if this is the only warden changing it (docs/policy.md, Caps)"
+        ),
+    }
+    let mut gate = Gate::new(policy, audit, isolation.clone(), admission, config.circus.mutation_timeout(), metrics.clone());
     let (logs, tailer) = match output {
         Some((logs, files, tailer)) => {
             gate.output = Some(files);
@@ -98,37 +109,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(%addr, "admin endpoints: /metrics /healthz /readyz");
         tokio::spawn(mcp::http::serve_admin(listener, metrics.clone(), client.clone(), isolation.clone(), stop.clone()));
     }
+    let gate = warden.gate.clone();
     let server = Server::new(warden, Identity(config.server.default_identity.clone()));
-    let result = match config.server.transport {
-        Transport::Stdio => {
-            eprintln!(
-                "circus-warden: serving MCP on stdin/stdout (circusd at {}).\n\
-                 Connect an MCP client by having it run this command, e.g.\n  \
-                 npx @modelcontextprotocol/inspector {} serve --transport stdio",
-                endpoints.control,
-                std::env::args().next().unwrap_or_else(|| "circus-warden".into()),
-            );
-            tokio::select! {
-                r = mcp::serve_stdio(server) => r,
-                _ = shutdown_signal() => Ok(()),
+    let serving = async {
+        match config.server.transport {
+            Transport::Stdio => {
+                eprintln!(
+                    "circus-warden: serving MCP on stdin/stdout (circusd at {}).\n\
+                     Connect an MCP client by having it run this command, e.g.\n  \
+                     npx @modelcontextprotocol/inspector {} serve --transport stdio",
+                    endpoints.control,
+                    std::env::args().next().unwrap_or_else(|| "circus-warden".into()),
+                );
+                mcp::serve_stdio(server).await
+            }
+            Transport::Http => {
+                let listener = tokio::net::TcpListener::bind(config.server.bind)
+                    .await
+                    .with_context(|| format!("cannot listen on {}", config.server.bind))?;
+                let addr = listener.local_addr()?;
+                let auth = if config.server.tokens.is_empty() { "" } else { " --header 'Authorization: Bearer <token>'" };
+                eprintln!(
+                    "circus-warden: MCP (Streamable HTTP) at http://{addr}/mcp  (circusd at {})\n\
+                     health: http://{addr}/healthz  readiness: http://{addr}/readyz\n\
+                     Connect an MCP client to that URL, e.g.\n  \
+                     npx @modelcontextprotocol/inspector --cli http://{addr}/mcp --transport http{auth} --method tools/list",
+                    endpoints.control
+                );
+                mcp::http::serve(server, &config.server, client.clone(), metrics.clone(), isolation.clone(), listener, stop.clone()).await
             }
         }
-        Transport::Http => {
-            let listener = tokio::net::TcpListener::bind(config.server.bind)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.server.bind))?;
-            let addr = listener.local_addr()?;
-            let auth = if config.server.tokens.is_empty() { "" } else { " --header 'Authorization: Bearer <token>'" };
-            eprintln!(
-                "circus-warden: MCP (Streamable HTTP) at http://{addr}/mcp  (circusd at {})\n\
-                 health: http://{addr}/healthz  readiness: http://{addr}/readyz\n\
-                 Connect an MCP client to that URL, e.g.\n  \
-                 npx @modelcontextprotocol/inspector --cli http://{addr}/mcp --transport http{auth} --method tools/list",
-                endpoints.control
-            );
+    };
+    tokio::pin!(serving);
+    let result = tokio::select! {
+        r = &mut serving => r,
+        _ = shutdown_signal() => {
+            // Keep serving while the calls in flight finish, so their clients get answers.
+            let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+            tracing::info!(grace_ms = config.server.shutdown_grace_ms, "shutting down: refusing new calls, finishing those in flight");
             tokio::select! {
-                r = mcp::http::serve(server, &config.server, client.clone(), metrics.clone(), isolation.clone(), listener, stop.clone()) => r,
-                _ = shutdown_signal() => Ok(()),
+                r = &mut serving => r,
+                () = gate.close(grace) => Ok(()),
             }
         }
     };

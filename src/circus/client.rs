@@ -11,6 +11,11 @@
 //!   handshake (become writable) before the command is handed over. A circusd that is frozen
 //!   or gone never completes the handshake, so the mutation is never sent and cannot run after
 //!   the caller was told it failed.
+//! - A monitor on each socket reports a dropped connection at once (circusd died or was
+//!   restarted): reads sent on it are sent again on the new connection; a mutation sent on it
+//!   fails with [`CircusError::Lost`] (its outcome is unknown) instead of holding every later
+//!   mutation for the whole mutation timeout.
+//! - A queued mutation's connect timeout starts when its turn comes, not when it was queued.
 //! - Messages are only ever built by [`Command::encode`], never from caller bytes.
 
 use std::collections::{HashMap, VecDeque};
@@ -77,8 +82,11 @@ struct Handle {
 
 struct Call {
     cmd: Command,
-    /// Until when the call may wait for a connected socket; after it nothing is sent.
+    /// Until when the call may wait for a connected socket; after it nothing is sent. For a
+    /// mutation, set again when its turn comes.
     connect_by: Instant,
+    /// The connect timeout, to set `connect_by` again.
+    connect: Duration,
     /// Until when a sent call may wait for its reply.
     reply_by: Instant,
     /// The whole budget, for the timeout message.
@@ -128,9 +136,10 @@ impl CircusClient {
     }
 
     async fn call_once(&self, cmd: Command, reply_by: Instant, budget_ms: u64) -> Result<Value, CircusError> {
-        let connect_by = (Instant::now() + self.inner.limits.connect).min(reply_by);
+        let connect = self.inner.limits.connect;
+        let connect_by = (Instant::now() + connect).min(reply_by);
         let (reply, rx) = oneshot::channel();
-        let call = Call { cmd, connect_by, reply_by, budget_ms, reply };
+        let call = Call { cmd, connect_by, connect, reply_by, budget_ms, reply };
         match self.inner.tx.try_send(call) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(_)) => {
@@ -160,9 +169,27 @@ impl Pending {
 
 /// The single mutation in progress, on its own fresh socket.
 struct Mutation {
-    socket: zmq::Socket,
+    socket: Monitored,
     pending: Pending,
     sent: bool,
+}
+
+/// A DEALER and the PAIR socket that hears its connection events.
+struct Monitored {
+    socket: zmq::Socket,
+    events: zmq::Socket,
+}
+
+impl Monitored {
+    /// Whether the connection dropped since the last look (drains the pending events).
+    fn disconnected(&self) -> bool {
+        let mut dropped = false;
+        while let Ok(frames) = self.events.recv_multipart(zmq::DONTWAIT) {
+            let event = frames.first().filter(|f| f.len() >= 2).map(|f| u16::from_ne_bytes([f[0], f[1]]));
+            dropped |= event == Some(zmq::SocketEvent::DISCONNECTED as u16);
+        }
+        dropped
+    }
 }
 
 struct Actor {
@@ -171,7 +198,9 @@ struct Actor {
     wake: i32,
     id_prefix: String,
     seq: u64,
-    reads: Option<zmq::Socket>,
+    /// Numbers the monitor endpoints of the sockets this actor opens.
+    sockets: u64,
+    reads: Option<Monitored>,
     reads_unsent: VecDeque<Pending>,
     reads_sent: HashMap<String, Pending>,
     mutations: VecDeque<Pending>,
@@ -189,6 +218,7 @@ impl Actor {
             wake,
             id_prefix: format!("{:016x}", u64::from_ne_bytes(seed)),
             seq: 0,
+            sockets: 0,
             reads: None,
             reads_unsent: VecDeque::new(),
             reads_sent: HashMap::new(),
@@ -204,7 +234,7 @@ impl Actor {
             }
             self.start_next_mutation();
             let timeout = self.next_deadline().map_or(IDLE_POLL, |d| d.saturating_duration_since(Instant::now()));
-            let (wake_ready, reads_in, reads_out, mut_in, mut_out) = match self.poll(timeout.min(IDLE_POLL)) {
+            let (wake_ready, reads_in, reads_out, mut_in, mut_out, events) = match self.poll(timeout.min(IDLE_POLL)) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "zmq poll failed; resetting sockets");
@@ -228,6 +258,9 @@ impl Actor {
             }
             if mut_in {
                 self.receive_mutation();
+            }
+            if events {
+                self.handle_disconnects();
             }
             self.expire(Instant::now());
         }
@@ -258,21 +291,31 @@ impl Actor {
         }
     }
 
-    fn open(&self) -> Result<zmq::Socket, zmq::Error> {
-        let s = super::zmq_context().socket(zmq::DEALER)?;
+    fn open(&mut self) -> Result<Monitored, zmq::Error> {
+        let ctx = super::zmq_context();
+        let s = ctx.socket(zmq::DEALER)?;
         s.set_linger(0)?;
         s.set_immediate(true)?;
         s.set_reconnect_ivl(100)?;
         s.set_reconnect_ivl_max(1000)?;
+        self.sockets += 1;
+        let monitor = format!("inproc://circus-client-{}-{}", self.id_prefix, self.sockets);
+        s.monitor(&monitor, zmq::SocketEvent::DISCONNECTED as i32)?;
+        let events = ctx.socket(zmq::PAIR)?;
+        events.set_linger(0)?;
+        events.connect(&monitor)?;
         s.connect(&self.endpoint)?;
-        Ok(s)
+        Ok(Monitored { socket: s, events })
     }
 
     fn start_next_mutation(&mut self) {
         if self.mutation.is_some() {
             return;
         }
-        let Some(pending) = self.mutations.pop_front() else { return };
+        let Some(mut pending) = self.mutations.pop_front() else { return };
+        // The connect timeout counts from now: time spent queued behind other mutations says
+        // nothing about circusd's health.
+        pending.call.connect_by = (Instant::now() + pending.call.connect).min(pending.call.reply_by);
         match self.open() {
             Ok(socket) => self.mutation = Some(Mutation { socket, pending, sent: false }),
             Err(e) => pending.finish(Err(CircusError::Unavailable(format!("cannot open a socket: {e}")))),
@@ -280,7 +323,7 @@ impl Actor {
     }
 
     #[allow(clippy::type_complexity)]
-    fn poll(&mut self, timeout: Duration) -> Result<(bool, bool, bool, bool, bool), zmq::Error> {
+    fn poll(&mut self, timeout: Duration) -> Result<(bool, bool, bool, bool, bool, bool), zmq::Error> {
         if self.reads.is_none() && !self.reads_unsent.is_empty() {
             match self.open() {
                 Ok(s) => self.reads = Some(s),
@@ -293,22 +336,47 @@ impl Actor {
             if !self.reads_unsent.is_empty() {
                 ev |= zmq::POLLOUT;
             }
-            items.push(s.as_poll_item(ev));
+            items.push(s.socket.as_poll_item(ev));
             items.len() - 1
         });
         let mut_at = self.mutation.as_ref().map(|m| {
-            items.push(m.socket.as_poll_item(if m.sent { zmq::POLLIN } else { zmq::POLLOUT }));
+            items.push(m.socket.socket.as_poll_item(if m.sent { zmq::POLLIN } else { zmq::POLLOUT }));
             items.len() - 1
         });
+        let first_event = items.len();
+        for m in self.reads.iter().chain(self.mutation.as_ref().map(|m| &m.socket)) {
+            items.push(m.events.as_poll_item(zmq::POLLIN));
+        }
         zmq::poll(&mut items, timeout.as_millis().max(1) as i64)?;
         let r = |i: Option<usize>| i.map_or((false, false), |i| (items[i].is_readable(), items[i].is_writable()));
         let (reads_in, reads_out) = r(reads_at);
         let (mut_in, mut_out) = r(mut_at);
-        Ok((items[0].is_readable(), reads_in, reads_out, mut_in, mut_out))
+        let events = items[first_event..].iter().any(|i| i.is_readable());
+        Ok((items[0].is_readable(), reads_in, reads_out, mut_in, mut_out, events))
+    }
+
+    /// A dropped connection: reads sent on it go out again once the socket has reconnected
+    /// (they change nothing); a mutation sent on it has an unknown outcome and fails now.
+    fn handle_disconnects(&mut self) {
+        if self.reads.as_ref().is_some_and(Monitored::disconnected) && !self.reads_sent.is_empty() {
+            tracing::warn!(reads = self.reads_sent.len(), "circusd's connection dropped; sending the pending reads again");
+            let now = Instant::now();
+            for (_, mut p) in self.reads_sent.drain() {
+                p.call.connect_by = (now + p.call.connect).min(p.call.reply_by);
+                self.reads_unsent.push_back(p);
+            }
+        }
+        if self.mutation.as_ref().is_some_and(|m| m.socket.disconnected() && m.sent) {
+            let m = self.mutation.take().expect("checked above");
+            tracing::warn!(verb = m.pending.call.cmd.verb(), "circusd's connection dropped after a mutation was sent");
+            m.pending.finish(Err(CircusError::Lost(
+                "the connection to circusd dropped after the command was sent; circusd may or may not have carried it out".into(),
+            )));
+        }
     }
 
     fn send_reads(&mut self) {
-        let Some(socket) = &self.reads else { return };
+        let Some(Monitored { socket, .. }) = &self.reads else { return };
         while let Some(p) = self.reads_unsent.pop_front() {
             match socket.send(p.call.cmd.encode(&p.id), zmq::DONTWAIT) {
                 Ok(()) => {
@@ -324,7 +392,7 @@ impl Actor {
     }
 
     fn receive_reads(&mut self) {
-        let Some(socket) = &self.reads else { return };
+        let Some(Monitored { socket, .. }) = &self.reads else { return };
         while let Ok(frame) = socket.recv_bytes(zmq::DONTWAIT) {
             match parse_reply(&frame) {
                 Ok((id, result)) => match self.reads_sent.remove(&id) {
@@ -341,7 +409,7 @@ impl Actor {
         if m.sent {
             return;
         }
-        match m.socket.send(m.pending.call.cmd.encode(&m.pending.id), zmq::DONTWAIT) {
+        match m.socket.socket.send(m.pending.call.cmd.encode(&m.pending.id), zmq::DONTWAIT) {
             Ok(()) => m.sent = true,
             Err(zmq::Error::EAGAIN) => {}
             Err(e) => {
@@ -353,7 +421,7 @@ impl Actor {
 
     fn receive_mutation(&mut self) {
         let Some(m) = &self.mutation else { return };
-        while let Ok(frame) = m.socket.recv_bytes(zmq::DONTWAIT) {
+        while let Ok(frame) = m.socket.socket.recv_bytes(zmq::DONTWAIT) {
             match parse_reply(&frame) {
                 Ok((id, result)) if id == m.pending.id => {
                     let m = self.mutation.take().expect("checked above");

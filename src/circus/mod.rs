@@ -75,6 +75,10 @@ pub enum CircusError {
     /// was sent.
     #[error("nothing was sent: {0}")]
     NotSent(String),
+    /// Sent, then the connection dropped (circusd died or restarted) before the reply: the
+    /// command may or may not have been carried out.
+    #[error("outcome unknown: {0}")]
+    Lost(String),
     /// circusd's reply was not the JSON object the protocol promises.
     #[error("malformed reply from circusd: {0}")]
     BadReply(String),

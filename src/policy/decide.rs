@@ -180,10 +180,14 @@ pub fn decide(policy: &Policy, req: &Request, facts: &Facts) -> Decision {
         other => {
             let name = existing(policy, id, &req.identity, other.target().unwrap_or_default(), facts, &mut rules, &mut v);
             name.and_then(|name| match other {
-                Action::Start { .. } => Some(Command::Start { name }),
+                Action::Start { .. } => within_total(policy, facts, 0, &mut v).then_some(Command::Start { name }),
                 Action::Stop { .. } => Some(Command::Stop { name }),
-                Action::Restart { .. } => Some(Command::Restart { name }),
-                Action::Reload { .. } => Some(Command::Reload { name }),
+                Action::Restart { .. } => within_total(policy, facts, 0, &mut v).then_some(Command::Restart { name }),
+                // A graceful reload runs the new processes beside the old ones until they stop.
+                Action::Reload { .. } => {
+                    let side_by_side = facts.target.as_ref().map_or(0, |t| t.num_processes);
+                    within_total(policy, facts, side_by_side, &mut v).then_some(Command::Reload { name })
+                }
                 Action::Remove { .. } => Some(Command::Rm { name }),
                 Action::Scale { num_processes, .. } => scale(policy, name, *num_processes, facts, &mut v),
                 Action::Signal { signal, .. } => match signal_number(signal) {
@@ -272,9 +276,10 @@ fn scale(policy: &Policy, name: WatcherName, n: u32, facts: &Facts, v: &mut Vec<
         v.push(Violation::new("num_processes", "processes.per_watcher", format!("must be between 1 and {cap}")));
         return None;
     }
-    // Saturating: counts come from circusd, and a wrapped sum must never look small.
+    // Saturating: counts come from circusd, and a wrapped sum must never look small. Scaling
+    // down is always allowed, even where the total is over the cap (a lowered cap).
     let total = facts.total_processes.saturating_sub(current).saturating_add(n);
-    if total > policy.limits.max_total_processes {
+    if n > current && total > policy.limits.max_total_processes {
         v.push(Violation::new(
             "num_processes",
             "processes.total",
@@ -283,6 +288,25 @@ fn scale(policy: &Policy, name: WatcherName, n: u32, facts: &Facts, v: &mut Vec<
         return None;
     }
     Some(if n >= current { Command::Incr { name, nb: n - current } } else { Command::Decr { name, nb: current - n } })
+}
+
+/// Whether starting processes keeps the configured total (every watcher's `numprocesses`,
+/// stopped ones included) within the cap, with `extra` processes running beside them.
+fn within_total(policy: &Policy, facts: &Facts, extra: u32, v: &mut Vec<Violation>) -> bool {
+    let total = facts.total_processes.saturating_add(extra);
+    let cap = policy.limits.max_total_processes;
+    if total <= cap {
+        return true;
+    }
+    let why = if extra > 0 {
+        format!(
+            "a graceful reload runs {extra} new processes beside the old ones: {total} in all, over the limit {cap}; restart_process instead"
+        )
+    } else {
+        format!("circusd is configured for {total} processes in all, over the limit {cap}; scale a watcher down first")
+    };
+    v.push(Violation::new("name", "processes.total", why));
+    false
 }
 
 /// No control characters (NUL, newline…) and none of circus's expansion syntax, which circus

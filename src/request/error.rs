@@ -19,6 +19,8 @@ pub enum ErrorKind {
     Timeout,
     Busy,
     RateLimited,
+    /// A change was sent and circusd's answer was lost with it: check before retrying.
+    OutcomeUnknown,
 }
 
 impl ErrorKind {
@@ -33,6 +35,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Busy => "busy",
             ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::OutcomeUnknown => "outcome_unknown",
         }
     }
 }
@@ -84,6 +87,7 @@ impl From<CircusError> for ToolError {
             CircusError::Unavailable(_) | CircusError::Closed => ErrorKind::CircusUnavailable,
             CircusError::Timeout(_) => ErrorKind::Timeout,
             CircusError::Busy { .. } => ErrorKind::Busy,
+            CircusError::Lost(_) => ErrorKind::OutcomeUnknown,
             e if e.is_not_found() => ErrorKind::NotFound,
             CircusError::Remote { .. } | CircusError::BadReply(_) | CircusError::NotSent(_) => ErrorKind::CircusError,
         };

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use super::admission::{Admission, AdmissionLock};
 use super::{ErrorKind, ToolError};
 use crate::audit::{Audit, DecisionRecord, new_id, now_rfc3339};
 use crate::circus::command::OutputFiles;
@@ -27,6 +28,12 @@ pub struct Gate {
     pub output: Option<Files>,
     /// The isolation level achieved, and the one required; read on every add.
     pub isolation: Isolation,
+    /// Held from the cap check of a change until circusd answered it.
+    admission: AdmissionLock,
+    /// How long a change may wait for the admission lock (the mutation timeout).
+    admission_wait: std::time::Duration,
+    /// Calls in flight and changes without an outcome record, for a shutdown that drains.
+    pub drain: super::drain::Drain,
     audit: Audit,
     limiter: Arc<Mutex<HashMap<String, Bucket>>>,
     metrics: Metrics,
@@ -39,15 +46,34 @@ struct Bucket {
 }
 
 /// An allowed call: its decision id (for the outcome record) and, for a mutation, the exact
-/// command to send.
+/// command to send and the admission lock, which stays held until this is dropped (after
+/// circusd answered).
 pub struct Admitted {
     pub id: String,
     pub command: Option<Command>,
+    _admission: Option<Admission>,
 }
 
 impl Gate {
-    pub fn new(policy: ActivePolicy, audit: Audit, isolation: Isolation, metrics: Metrics) -> Gate {
-        Gate { policy, output: None, isolation, audit, limiter: Arc::default(), metrics }
+    pub fn new(
+        policy: ActivePolicy,
+        audit: Audit,
+        isolation: Isolation,
+        admission: AdmissionLock,
+        admission_wait: std::time::Duration,
+        metrics: Metrics,
+    ) -> Gate {
+        Gate {
+            policy,
+            output: None,
+            isolation,
+            admission,
+            admission_wait,
+            drain: Default::default(),
+            audit,
+            limiter: Arc::default(),
+            metrics,
+        }
     }
 
     /// Decides one call and records the decision. `Err` is a denial or a failure to decide.
@@ -73,11 +99,23 @@ impl Gate {
                 }
             }
         }
-        let (decision, _) = self.decide(client, identity, action.clone()).await?;
+        // A change is checked against circusd's counts and sent under one lock: no other
+        // change, from this warden or another one of this circusd, can come in between.
+        let admission = if action.mutates() { Some(self.admission.acquire(self.admission_wait).await?) } else { None };
+        let decision = match self.decide(client, identity, action.clone()).await {
+            Ok((decision, _)) => decision,
+            Err(e) => {
+                // No facts, no decision: a denial, recorded like any other.
+                let refused = Decision::deny(vec![Violation::new("circusd", "facts.unavailable", e.message.clone())]);
+                self.count(&tool, &refused);
+                let _ = self.record(identity, &action, &refused);
+                return Err(e);
+            }
+        };
         // Allowed reads are recorded only when asked (`audit.reads`); everything else always.
         if !action.mutates() && decision.allow && !self.audit.reads {
             self.count(&tool, &decision);
-            return Ok(Admitted { id: String::new(), command: None });
+            return Ok(Admitted { id: String::new(), command: None, _admission: None });
         }
         let id = match self.record(identity, &action, &decision) {
             Ok(id) => id,
@@ -94,7 +132,10 @@ impl Gate {
         };
         self.count(&tool, &decision);
         if decision.allow {
-            Ok(Admitted { id, command: decision.command })
+            if action.mutates() && !id.is_empty() {
+                self.drain.admitted(&id);
+            }
+            Ok(Admitted { id, command: decision.command, _admission: admission })
         } else {
             let not_found = decision.violations.iter().all(|v| v.rule == "watcher.not_found");
             let mut e = ToolError::denied(decision.violations);
@@ -154,6 +195,20 @@ impl Gate {
             Err(e) => json!({ "ok": false, "error": e.to_string() }),
         };
         self.audit.outcome(&admitted.id, circus);
+        self.drain.answered(&admitted.id);
+    }
+
+    /// Shutdown: refuses new calls, waits up to `grace` for those in flight, and records every
+    /// admitted change still unanswered as such.
+    pub async fn close(&self, grace: std::time::Duration) {
+        let left = self.drain.close(grace).await;
+        for id in &left {
+            let error = format!("unanswered: the warden shut down before circusd answered (grace {} ms)", grace.as_millis());
+            self.audit.outcome(id, json!({ "ok": false, "error": error }));
+        }
+        if !left.is_empty() {
+            tracing::warn!(unanswered = left.len(), "shut down with changes in flight; their outcome records say so");
+        }
     }
 
     fn record(&self, identity: &str, action: &Action, d: &Decision) -> std::io::Result<String> {
@@ -245,10 +300,33 @@ async fn circus_facts(client: &CircusClient, action: &Action, f: &mut Facts) -> 
             Err(e) => return Err(e.into()),
         });
     }
-    if matches!(action, Action::Add(_) | Action::Scale { .. }) {
-        let (status, total) = tokio::join!(client.call(Command::Status { name: None }), client.call(Command::NumProcessesAll),);
-        f.watchers = status?.get("statuses").and_then(Value::as_object).map_or(0, |m| m.len() as u32);
-        f.total_processes = total?.get("numprocesses").and_then(Value::as_u64).unwrap_or(0) as u32;
+    if matches!(action, Action::Add(_) | Action::Scale { .. } | Action::Start { .. } | Action::Restart { .. } | Action::Reload { .. }) {
+        (f.watchers, f.total_processes) = configured(client).await?;
     }
     Ok(())
+}
+
+/// The watchers circusd holds and the processes it is configured to run: the sum of every
+/// watcher's `numprocesses`, stopped ones included (circus's own `numprocesses` counts only
+/// running processes, which a start could then exceed). One `options` a watcher, in parallel.
+async fn configured(client: &CircusClient) -> Result<(u32, u32), ToolError> {
+    let status = client.call(Command::Status { name: None }).await?;
+    let names: Vec<WatcherName> = status
+        .get("statuses")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().filter_map(|n| WatcherName::parse(n)).collect())
+        .unwrap_or_default();
+    let replies = futures::future::join_all(names.iter().map(|name| client.call(Command::Options { name: name.clone() }))).await;
+    let mut total: u32 = 0;
+    for reply in replies {
+        let reply = match reply {
+            Ok(r) => r,
+            // Removed between the two calls (by a warden that does not share the lock): gone.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let n = reply.pointer("/options/numprocesses").and_then(Value::as_u64).unwrap_or(u64::from(u32::MAX));
+        total = total.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+    Ok((names.len() as u32, total))
 }

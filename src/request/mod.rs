@@ -1,6 +1,8 @@
 //! The request path, independent of MCP: decode a tool's arguments, pass mutations through the
 //! one gate, call circusd, and shape the reply or the error an agent can act on.
 
+pub mod admission;
+pub mod drain;
 pub mod error;
 pub mod gate;
 pub mod inspect;

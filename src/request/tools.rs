@@ -96,7 +96,10 @@ pub fn find(name: &str) -> Option<&'static ToolSpec> {
 
 /// Runs one tool for `identity`. Every failure, including an unknown tool, is a [`ToolError`].
 pub async fn call(w: &Warden, identity: &str, name: &str, args: Option<Map<String, Value>>) -> Result<Value, ToolError> {
-    let result = dispatch(w, identity, name, args).await;
+    let result = match w.gate.drain.enter() {
+        Ok(_in_flight) => dispatch(w, identity, name, args).await,
+        Err(e) => Err(e),
+    };
     // Unknown names share one label value, so callers cannot mint series.
     let tool = find(name).map_or("unknown", |t| t.name);
     let outcome = match &result {
