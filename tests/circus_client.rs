@@ -177,3 +177,61 @@ async fn pubsub_events_feed_the_process_view() {
     assert_eq!(seen.state, "active");
     stop.cancel();
 }
+
+/// A watcher whose process ignores SIGTERM, so a stop takes its whole graceful timeout.
+fn stubborn(n: &str, graceful_s: u64) -> Command {
+    let options = AddOptions { numprocesses: 1, extra: vec![("graceful_timeout", json!(graceful_s))], ..Default::default() };
+    let args = vec!["-c".to_string(), "trap '' TERM; while :; do sleep 1; done".to_string()];
+    Command::Add { name: name(n), cmd: "/bin/sh".into(), args, options, start: true }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_queued_behind_a_slow_one_gets_its_own_connect_timeout() {
+    let circus = Circusd::start();
+    // connect timeout 500 ms; the stop ahead of it takes about 2 s.
+    let client = CircusClient::start(&circus.control, limits(10_000), None).unwrap();
+    client.call(stubborn("slow", 2)).await.unwrap();
+    let stop = tokio::spawn({
+        let c = client.clone();
+        async move { c.call(Command::Stop { name: name("slow") }).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let queued = client.call(add("next", "/bin/sleep", &["300"], false)).await;
+    assert!(queued.is_ok(), "a mutation queued behind a slow one failed: {queued:?}");
+    stop.await.unwrap().unwrap();
+    assert!(circus.watchers().contains(&"next".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutation_lost_with_its_circusd_fails_at_once_and_the_next_proceeds() {
+    let mut circus = Circusd::start();
+    let client = CircusClient::start(&circus.control, limits(30_000), None).unwrap();
+    client.call(stubborn("doomed", 20)).await.unwrap();
+    let orphans = circus.call("list", json!({"name": "doomed"}))["pids"].clone();
+    let started = Instant::now();
+    let stop = tokio::spawn({
+        let c = client.clone();
+        async move { c.call(Command::Stop { name: name("doomed") }).await }
+    });
+    // circusd has the stop once the watcher is stopping (it waits out the graceful timeout).
+    let stopping = eventually(Duration::from_secs(5), || circus.call("status", json!({"name": "doomed"}))["status"] == "stopping");
+    assert!(stopping, "the stop never reached circusd");
+    circus.signal(libc::SIGKILL);
+    let lost = tokio::time::timeout(Duration::from_secs(10), stop).await.expect("the lost stop must not wait for its timeout").unwrap();
+    assert!(matches!(lost, Err(CircusError::Lost(_))), "{lost:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?} of a 30 s budget", started.elapsed());
+    // Another mutation while circusd is down, answered once circusd is back.
+    let next = tokio::spawn({
+        let c = client.clone();
+        async move { c.call(add("after", "/bin/sleep", &["300"], false)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    circus.spawn();
+    let back = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), next).await.expect("the next mutation hung").unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(back.elapsed() < Duration::from_secs(2), "took {:?} after circusd answered", back.elapsed());
+    for pid in orphans.as_array().into_iter().flatten().filter_map(|p| p.as_i64()) {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+}

@@ -126,6 +126,28 @@ mod tests {
     }
 
     #[test]
+    fn configured_totals_bound_start_reload_and_scale_up_but_never_scale_down() {
+        let p =
+            Policy::compile("p", "version: 1\nlimits: {max_total_processes: 10}\nidentities:\n  local: {tools: ['*'], watchers: any}\n")
+                .unwrap();
+        let facts = |total: u32, mine: u32| Facts {
+            target: Some(super::super::Target { exists: true, num_processes: mine, ..Default::default() }),
+            total_processes: total,
+            ..Facts::default()
+        };
+        let go = |action: Action, f: &Facts| decide(&p, &Request { identity: "local".into(), action }, f);
+        let n = || "w".to_string();
+        assert!(go(Action::Start { name: n() }, &facts(10, 2)).allow, "a stopped watcher is counted already");
+        assert_eq!(go(Action::Start { name: n() }, &facts(11, 2)).rules, ["processes.total"], "over a lowered cap");
+        assert_eq!(go(Action::Restart { name: n() }, &facts(11, 2)).rules, ["processes.total"]);
+        assert!(go(Action::Reload { name: n() }, &facts(8, 2)).allow, "8 + 2 side by side fits 10");
+        assert_eq!(go(Action::Reload { name: n() }, &facts(9, 2)).rules, ["processes.total"], "9 + 2 does not");
+        assert!(go(Action::Scale { name: n(), num_processes: 1 }, &facts(12, 2)).allow, "scaling down always passes");
+        assert_eq!(go(Action::Scale { name: n(), num_processes: 3 }, &facts(10, 2)).rules, ["processes.total"]);
+        assert!(go(Action::Stop { name: n() }, &facts(50, 2)).allow);
+    }
+
+    #[test]
     fn text_checks_match_char_is_control_and_find_expansions() {
         for s in ["a\0b", "a\nb", "\r", "x\u{7f}", "x\u{85}y", "\u{9f}"] {
             let mut v = Vec::new();
