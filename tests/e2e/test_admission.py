@@ -421,6 +421,31 @@ def test_stopped_watchers_are_counted_when_the_cap_is_lowered(rigs, circusd, wor
     assert configured_total(h) == 8
 
 
+@pytest.mark.parametrize("cap", ["watchers", "processes"])
+def test_watchers_with_names_the_warden_cannot_use_count_too(rigs, circusd, workroot, warden_factory, cap):
+    """Watchers circusd got from elsewhere (an ini file, another tool) count whatever their
+    names: `legacy.web` and `Legacy_Web` are no names the warden accepts, and still hold two
+    watchers and four configured processes."""
+    for nm in ("legacy.web", "Legacy_Web"):
+        CircusClient(circusd.endpoint).call("add", name=nm, cmd=SLEEP, args=["3600"], start=False,
+                                            options={"numprocesses": 2})
+    assert len(held(circusd.endpoint)) == 2
+    if cap == "watchers":
+        limits = {"max_watchers": 3, "max_total_processes": 1024}
+        sizes, room = [1, 1, 1], 1
+    else:
+        limits = {"max_watchers": 512, "max_total_processes": 7}
+        sizes, room = [3, 2, 1], 2  # 4 + 3 > 7; 4 + 2 fits; then 6 + 1 fits
+    rig = make_rig(rigs, "http-session", circusd, workroot, warden_factory, config(circusd, workroot, limits))
+    names = [unique_name("mine") for _ in sizes]
+    for nm, n in zip(names, sizes):
+        rig.first.call_tool("add_process", add_args(nm, n, start=False))
+    h = assert_within_caps(circusd.endpoint, limits["max_watchers"], limits["max_total_processes"])
+    mine = [nm for nm in names if nm in h]
+    want = names[:1] if cap == "watchers" else names[1:]
+    assert mine == want and len(mine) == room, f"circusd holds {sorted(h)}"
+
+
 def test_admission_lock_is_a_flock_beside_the_control_socket(rigs, circusd, workroot, warden_factory):
     """Another warden holding `<control socket>.lock` keeps this one's add from reaching circusd;
     the add goes through once the lock is released."""
