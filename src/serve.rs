@@ -25,6 +25,10 @@ use crate::policy::reload::ActivePolicy;
 use crate::request::admission::AdmissionLock;
 use crate::request::{Gate, Warden};
 
+/// How long the server keeps running after the last call in flight returned, so that its
+/// answer is written out before the listener closes.
+const FLUSH_AFTER_DRAIN: Duration = Duration::from_millis(500);
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Group-shared, never world-accessible: what the warden and the embedded circusd create
     // (output directories, positions, audit log) is closed to the managed processes' uid.
@@ -40,15 +44,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let audit = Audit::open(&config.audit, metrics.clone()).context("cannot open the audit log")?;
 
     let mut supervisor = None;
-    let mut plane = ControlPlane::default();
+    let mut plane = ControlPlane::of(&config);
     let endpoints = match &config.circus.endpoint {
-        Some(control) => {
-            plane.add_endpoint(control);
-            if let Some(p) = &config.circus.pubsub_endpoint {
-                plane.add_endpoint(p);
-            }
-            Endpoints { control: control.clone(), pubsub: config.circus.pubsub_endpoint.clone() }
-        }
+        Some(control) => Endpoints { control: control.clone(), pubsub: config.circus.pubsub_endpoint.clone() },
         None => {
             let program = find_circusd(config.circus.circusd_path.as_deref()).map_err(anyhow::Error::msg)?;
             let layout =
@@ -74,10 +72,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let output = start_output(&config, &metrics)?;
-    if let Some((_, files, _)) = &output {
-        plane.dirs.push(files.dir.clone());
-    }
-    plane.files.extend(config.audit.path.iter().chain(config.secret_files()).cloned());
     let isolation = Isolation::new(required);
     let first = isolation.refresh(&client, &policy.get(), &plane, &metrics).await;
     if first.level < required {
@@ -149,7 +143,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!(grace_ms = config.server.shutdown_grace_ms, "shutting down: refusing new calls, finishing those in flight");
             tokio::select! {
                 r = &mut serving => r,
-                () = gate.close(grace) => Ok(()),
+                () = async {
+                    gate.close(grace).await;
+                    // A handler has returned, but its answer may still be on its way into the
+                    // response stream: serve a moment longer so it reaches the client.
+                    tokio::time::sleep(FLUSH_AFTER_DRAIN).await;
+                } => Ok(()),
             }
         }
     };

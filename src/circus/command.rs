@@ -105,6 +105,12 @@ pub enum Command {
     GlobalOptions,
     /// circusd's own process: pid, user, start time.
     DStats,
+    /// The configured `numprocesses` of a watcher, by the name circusd reports: also names
+    /// the warden would never create (ini-defined `legacy.web`), which still count toward the
+    /// caps. A read; the name is JSON data, never a glob (`get` matches exactly).
+    ConfiguredProcesses {
+        name: String,
+    },
     Add {
         name: WatcherName,
         cmd: String,
@@ -152,6 +158,7 @@ impl Command {
             Command::NumProcesses { .. } | Command::NumProcessesAll => "numprocesses",
             Command::GlobalOptions => "globaloptions",
             Command::DStats => "dstats",
+            Command::ConfiguredProcesses { .. } => "get",
             Command::Add { .. } => "add",
             Command::Start { .. } => "start",
             Command::Stop { .. } => "stop",
@@ -168,7 +175,7 @@ impl Command {
     pub fn watcher(&self) -> Option<&WatcherName> {
         match self {
             Command::List { name } | Command::Status { name } | Command::Stats { name } => name.as_ref(),
-            Command::GlobalOptions | Command::DStats | Command::NumProcessesAll => None,
+            Command::GlobalOptions | Command::DStats | Command::NumProcessesAll | Command::ConfiguredProcesses { .. } => None,
             Command::Options { name }
             | Command::NumProcesses { name }
             | Command::Add { name, .. }
@@ -195,6 +202,7 @@ impl Command {
                 | Command::NumProcessesAll
                 | Command::GlobalOptions
                 | Command::DStats
+                | Command::ConfiguredProcesses { .. }
         )
     }
 
@@ -210,6 +218,7 @@ impl Command {
             Command::List { name } | Command::Status { name } | Command::Stats { name } => maybe(name),
             Command::Options { name } | Command::NumProcesses { name } => named(name),
             Command::GlobalOptions | Command::DStats | Command::NumProcessesAll => json!({}),
+            Command::ConfiguredProcesses { name } => json!({ "name": name, "keys": ["numprocesses"] }),
             Command::Add { name, cmd, args, options, start } => json!({
                 "name": name.as_str(), "cmd": cmd, "args": args, "options": options,
                 "start": start, "waiting": start,

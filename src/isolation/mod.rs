@@ -40,8 +40,26 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// What the configuration names: an external circusd's endpoints, the output directory,
+    /// the audit log, and the config file when it holds tokens. An embedded circusd's runtime
+    /// directory is added by whoever creates it.
+    pub fn of(config: &crate::config::Config) -> ControlPlane {
+        let mut plane = ControlPlane::default();
+        if let Some(control) = &config.circus.endpoint {
+            plane.add_endpoint(control);
+            if let Some(p) = &config.circus.pubsub_endpoint {
+                plane.add_endpoint(p);
+            }
+        }
+        if config.output.enabled {
+            plane.dirs.push(config.output.dir());
+        }
+        plane.files.extend(config.audit.path.iter().chain(config.secret_files()).cloned());
+        plane
+    }
+
     /// The ipc socket paths of an endpoint list (`ipc:///path`); anything else is TCP.
-    pub fn add_endpoint(&mut self, endpoint: &str) {
+    fn add_endpoint(&mut self, endpoint: &str) {
         match endpoint.strip_prefix("ipc://") {
             Some(path) => self.files.push(PathBuf::from(path)),
             None => self.tcp_endpoint = Some(endpoint.to_string()),
@@ -158,21 +176,11 @@ pub fn circusd_user_once(endpoint: &str) -> Option<String> {
 /// What `config check` can assess without running: circusd's user (the warden's own for an
 /// embedded circusd, else asked), the policy's accounts, and the paths that exist already.
 pub fn assess_config(config: &crate::config::Config, policy: &Policy) -> Assessment {
-    let mut plane = ControlPlane::default();
+    let plane = ControlPlane::of(config);
     let user = match &config.circus.endpoint {
-        Some(control) => {
-            plane.add_endpoint(control);
-            if let Some(p) = &config.circus.pubsub_endpoint {
-                plane.add_endpoint(p);
-            }
-            circusd_user_once(control)
-        }
+        Some(control) => circusd_user_once(control),
         None => nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name),
     };
-    if config.output.enabled {
-        plane.dirs.push(config.output.dir());
-    }
-    plane.files.extend(config.audit.path.iter().chain(config.secret_files()).cloned());
     assess(policy, user.as_deref(), &plane)
 }
 
@@ -252,8 +260,7 @@ mod tests {
     #[test]
     fn non_root_circusd_tcp_and_a_missing_user_each_give_none_with_a_reason() {
         let p = policy("run_as: {user: no-such-user-cw}\n");
-        let mut plane = ControlPlane::default();
-        plane.add_endpoint("tcp://127.0.0.1:5555");
+        let plane = ControlPlane { tcp_endpoint: Some("tcp://127.0.0.1:5555".into()), ..ControlPlane::default() };
         let a = assess(&p, Some("circus"), &plane);
         assert_eq!(a.level, Level::None);
         let all = a.reasons.join("\n");

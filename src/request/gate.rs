@@ -308,23 +308,22 @@ async fn circus_facts(client: &CircusClient, action: &Action, f: &mut Facts) -> 
 
 /// The watchers circusd holds and the processes it is configured to run: the sum of every
 /// watcher's `numprocesses`, stopped ones included (circus's own `numprocesses` counts only
-/// running processes, which a start could then exceed). One `options` a watcher, in parallel.
+/// running processes, which a start could then exceed), whatever their names. One `get` a
+/// watcher, in parallel.
 async fn configured(client: &CircusClient) -> Result<(u32, u32), ToolError> {
     let status = client.call(Command::Status { name: None }).await?;
-    let names: Vec<WatcherName> = status
-        .get("statuses")
-        .and_then(Value::as_object)
-        .map(|m| m.keys().filter_map(|n| WatcherName::parse(n)).collect())
-        .unwrap_or_default();
-    let replies = futures::future::join_all(names.iter().map(|name| client.call(Command::Options { name: name.clone() }))).await;
+    let names: Vec<String> = status.get("statuses").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let replies =
+        futures::future::join_all(names.iter().map(|name| client.call(Command::ConfiguredProcesses { name: name.clone() }))).await;
     let mut total: u32 = 0;
     for reply in replies {
         let reply = match reply {
             Ok(r) => r,
-            // Removed between the two calls (by a warden that does not share the lock): gone.
+            // Removed between the two calls (by something that does not share the lock): gone.
             Err(e) if e.is_not_found() => continue,
             Err(e) => return Err(e.into()),
         };
+        // A count that cannot be read is taken as the largest: it must never make room.
         let n = reply.pointer("/options/numprocesses").and_then(Value::as_u64).unwrap_or(u64::from(u32::MAX));
         total = total.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
     }

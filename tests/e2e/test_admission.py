@@ -435,7 +435,7 @@ def test_watchers_with_names_the_warden_cannot_use_count_too(rigs, circusd, work
         sizes, room = [1, 1, 1], 1
     else:
         limits = {"max_watchers": 512, "max_total_processes": 7}
-        sizes, room = [3, 2, 1], 2  # 4 + 3 > 7; 4 + 2 fits; then 6 + 1 fits
+        sizes, room = [4, 2, 1], 2  # 4 + 4 > 7; 4 + 2 fits; then 6 + 1 fits
     rig = make_rig(rigs, "http-session", circusd, workroot, warden_factory, config(circusd, workroot, limits))
     names = [unique_name("mine") for _ in sizes]
     for nm, n in zip(names, sizes):
