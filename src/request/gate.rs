@@ -101,16 +101,20 @@ impl Gate {
         }
         // A change is checked against circusd's counts and sent under one lock: no other
         // change, from this warden or another one of this circusd, can come in between.
-        let admission = if action.mutates() { Some(self.admission.acquire(self.admission_wait).await?) } else { None };
+        let refuse = |field: &str, rule: &str, e: ToolError| {
+            // No lock or no facts, no decision: a denial, recorded like any other.
+            let refused = Decision::deny(vec![Violation::new(field, rule, e.message.clone())]);
+            self.count(&tool, &refused);
+            let _ = self.record(identity, &action, &refused);
+            e
+        };
+        let admission = match action.mutates() {
+            true => Some(self.admission.acquire(self.admission_wait).await.map_err(|e| refuse("circusd", "admission.busy", e))?),
+            false => None,
+        };
         let decision = match self.decide(client, identity, action.clone()).await {
             Ok((decision, _)) => decision,
-            Err(e) => {
-                // No facts, no decision: a denial, recorded like any other.
-                let refused = Decision::deny(vec![Violation::new("circusd", "facts.unavailable", e.message.clone())]);
-                self.count(&tool, &refused);
-                let _ = self.record(identity, &action, &refused);
-                return Err(e);
-            }
+            Err(e) => return Err(refuse("circusd", "facts.unavailable", e)),
         };
         // Allowed reads are recorded only when asked (`audit.reads`); everything else always.
         if !action.mutates() && decision.allow && !self.audit.reads {
