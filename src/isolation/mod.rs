@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::circus::{CircusClient, Command};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::policy::compile::RunAsRule;
 use crate::policy::reload::ActivePolicy;
 use access::Who;
 pub use level::Level;
@@ -109,17 +110,17 @@ pub fn assess(policy: &Policy, circusd_user: Option<&str>, plane: &ControlPlane)
     if let Some(tcp) = &plane.tcp_endpoint {
         reasons.push(format!("circusd listens on {tcp}, which every local process can reach whatever its uid; use an ipc:// endpoint"));
     }
+    // The level speaks for every program, including those a later policy version adds.
     if policy.run_as.is_none() {
-        reasons.push("the policy has no run_as, so processes run as circusd's user".into());
-    }
-    if let Some(p) = policy.programs.iter().find(|p| p.run_as.is_none()) {
-        if policy.run_as.is_some() {
-            reasons.push(format!("program {} has no run_as", p.id));
-        }
+        reasons.push("the policy has no top-level run_as: a program without its own runs as circusd's user".into());
     }
     let (warden_uid, warden_groups) = users::current();
-    let mut rules: Vec<_> = policy.run_as.iter().chain(policy.programs.iter().filter_map(|p| p.run_as.as_ref())).collect();
-    rules.dedup_by(|a, b| a.who == b.who);
+    let mut rules: Vec<&RunAsRule> = Vec::new();
+    for rule in policy.run_as.iter().chain(policy.programs.iter().filter_map(|p| p.run_as.as_ref())) {
+        if !rules.iter().any(|r| r.who == rule.who) {
+            rules.push(rule);
+        }
+    }
     let mut default_account = None;
     for (i, rule) in rules.iter().enumerate() {
         let account = match users::resolve(&rule.who) {
@@ -273,7 +274,7 @@ mod tests {
 
     #[test]
     fn no_run_as_is_none_and_root_run_as_is_none() {
-        assert!(assess(&policy(""), Some("root"), &ControlPlane::default()).reasons.iter().any(|r| r.contains("no run_as")));
+        assert!(assess(&policy(""), Some("root"), &ControlPlane::default()).reasons.iter().any(|r| r.contains("no top-level run_as")));
         let p = policy("run_as: {uid: 0, gid: 0, allow_root: true}\n");
         let a = assess(&p, Some("root"), &ControlPlane::default());
         assert_eq!(a.level, Level::None);
