@@ -235,3 +235,13 @@ async fn a_mutation_lost_with_its_circusd_fails_at_once_and_the_next_proceeds() 
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
 }
+
+/// `config check` asks an external circusd for its user on a one-off socket: the answer is
+/// the user this test (and so circusd) runs as, and nothing when nobody listens.
+#[test]
+fn config_check_learns_circusd_user_from_dstats() {
+    let circus = Circusd::start();
+    let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().map(|u| u.name);
+    assert_eq!(circus_warden::isolation::circusd_user_once(&circus.control), me);
+    assert_eq!(circus_warden::isolation::circusd_user_once("ipc:///tmp/cw-nobody-listens.sock"), None);
+}

@@ -19,6 +19,20 @@ pub fn zmq_context() -> zmq::Context {
     CONTEXT.clone()
 }
 
+/// One request on a one-off DEALER, for the few callers that run without the client actor
+/// (the supervisor's `quit`, `config check`): sends `message` once circusd is connected (1 s)
+/// and waits at most `reply` for one frame.
+pub fn one_off(endpoint: &str, message: &[u8], reply: std::time::Duration) -> Result<Vec<u8>, zmq::Error> {
+    let s = zmq_context().socket(zmq::DEALER)?;
+    s.set_linger(0)?;
+    s.set_immediate(true)?;
+    s.set_sndtimeo(1000)?;
+    s.set_rcvtimeo(i32::try_from(reply.as_millis()).unwrap_or(i32::MAX))?;
+    s.connect(endpoint)?;
+    s.send(message, 0)?;
+    s.recv_bytes(0)
+}
+
 /// A watcher name the warden accepts: lower-case ASCII letters, digits, `_` and `-`, starting
 /// with a letter or digit, at most 64 bytes.
 ///

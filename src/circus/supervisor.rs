@@ -186,14 +186,8 @@ async fn shut_down(child: &mut Child, endpoint: &str) {
 
 /// Sends `quit` on a one-off socket and waits briefly for the acknowledgement.
 fn send_quit(endpoint: &str) -> Result<(), zmq::Error> {
-    let s = super::zmq_context().socket(zmq::DEALER)?;
-    s.set_linger(0)?;
-    s.set_immediate(true)?;
-    s.set_sndtimeo(1000)?;
-    s.set_rcvtimeo(2000)?;
-    s.connect(endpoint)?;
-    s.send(r#"{"id":"warden-quit","command":"quit","properties":{"waiting":false}}"#, 0)?;
-    s.recv_bytes(0).map(|_| ())
+    let quit = br#"{"id":"warden-quit","command":"quit","properties":{"waiting":false}}"#;
+    super::one_off(endpoint, quit, Duration::from_secs(2)).map(drop)
 }
 
 #[cfg(test)]

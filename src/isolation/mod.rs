@@ -163,14 +163,8 @@ pub async fn circusd_user(client: &CircusClient) -> Option<String> {
 /// circusd's user, from one `dstats` on a one-off socket (for `config check`, which has no
 /// client): `None` when circusd does not answer within a second.
 pub fn circusd_user_once(endpoint: &str) -> Option<String> {
-    let s = crate::circus::zmq_context().socket(zmq::DEALER).ok()?;
-    s.set_linger(0).ok()?;
-    s.set_immediate(true).ok()?;
-    s.set_sndtimeo(1000).ok()?;
-    s.set_rcvtimeo(1000).ok()?;
-    s.connect(endpoint).ok()?;
-    s.send(&Command::DStats.encode("config-check")[..], 0).ok()?;
-    let reply: serde_json::Value = serde_json::from_slice(&s.recv_bytes(0).ok()?).ok()?;
+    let frame = crate::circus::one_off(endpoint, &Command::DStats.encode("config-check"), Duration::from_secs(1)).ok()?;
+    let reply: serde_json::Value = serde_json::from_slice(&frame).ok()?;
     reply.pointer("/info/username").and_then(serde_json::Value::as_str).map(str::to_string)
 }
 
